@@ -1,0 +1,120 @@
+package config
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/hclsyntax"
+)
+
+// TierNames are the tiers this build knows, fastest first.
+var TierNames = []string{"host"}
+
+// check reports what the schema alone cannot: missing blocks, values out of
+// range, duplicates.
+func (f *File) check(file hcl.Range) hcl.Diagnostics {
+	var diags hcl.Diagnostics
+	start := hcl.Range{Filename: file.Filename, Start: file.Start, End: file.Start}
+	if f.Model == nil {
+		diags = append(diags, errorAt(start, "Missing model block", `A pipeline needs a model block, e.g. model { preset = "qwen3-vl-2b" }.`))
+	}
+	if f.Source == nil {
+		diags = append(diags, errorAt(start, "Missing source block", `A pipeline needs a source block, e.g. source "synthetic_chat" {}.`))
+	}
+	if f.Cache == nil {
+		diags = append(diags, errorAt(start, "Missing cache block", `A pipeline needs a cache block with block_tokens and a tier "host".`))
+	} else {
+		diags = append(diags, f.Cache.check()...)
+	}
+	seen := map[string]bool{}
+	for i, name := range f.Chain {
+		r := ElementRange(f.Body, "stages", i, start)
+		if seen[name] {
+			diags = append(diags, errorAt(r, "Duplicate stage", fmt.Sprintf("Stage %q appears twice in stages.", name)))
+		}
+		seen[name] = true
+	}
+	blocks := map[string]bool{}
+	for _, s := range f.StageBlock {
+		if blocks[s.Name] {
+			diags = append(diags, errorAt(s.DeclRange, "Duplicate stage block", fmt.Sprintf("Stage %q is configured twice.", s.Name)))
+		}
+		blocks[s.Name] = true
+		if !seen[s.Name] {
+			diags = append(diags, errorAt(s.DeclRange, "Stage not in the chain",
+				fmt.Sprintf("Stage %q is configured but not in stages = [%s].", s.Name, strings.Join(f.Chain, ", "))))
+		}
+		if s.Workers != nil && *s.Workers < 1 {
+			diags = append(diags, errorAt(AttrRange(s.Body, "workers", s.DeclRange), "Invalid workers", "workers must be at least 1."))
+		}
+		if s.Queue != nil && *s.Queue < 1 {
+			diags = append(diags, errorAt(AttrRange(s.Body, "queue", s.DeclRange), "Invalid queue", "queue must be at least 1."))
+		}
+	}
+	return diags
+}
+
+func (c *Cache) check() hcl.Diagnostics {
+	var diags hcl.Diagnostics
+	if c.BlockTokens < 1 {
+		diags = append(diags, errorAt(AttrRange(c.Body, "block_tokens", c.DeclRange), "Invalid block_tokens", "block_tokens must be at least 1."))
+	}
+	if len(c.Tiers) == 0 {
+		diags = append(diags, errorAt(c.DeclRange, "No cache tier", `The cache needs at least tier "host" { capacity = "..." }.`))
+	}
+	seen := map[string]bool{}
+	for _, t := range c.Tiers {
+		known := false
+		for _, n := range TierNames {
+			known = known || n == t.Name
+		}
+		if !known {
+			diags = append(diags, errorAt(t.DeclRange, "Unknown tier",
+				fmt.Sprintf("Tier %q is not available; known tiers: %s.", t.Name, strings.Join(TierNames, ", "))))
+		}
+		if seen[t.Name] {
+			diags = append(diags, errorAt(t.DeclRange, "Duplicate tier", fmt.Sprintf("Tier %q is configured twice.", t.Name)))
+		}
+		seen[t.Name] = true
+		if _, err := ParseSize(t.Capacity); err != nil {
+			diags = append(diags, errorAt(AttrRange(t.Body, "capacity", t.DeclRange), "Invalid capacity", err.Error()+"."))
+		}
+	}
+	return diags
+}
+
+func errorAt(r hcl.Range, summary, detail string) *hcl.Diagnostic {
+	return &hcl.Diagnostic{Severity: hcl.DiagError, Summary: summary, Detail: detail, Subject: r.Ptr()}
+}
+
+// ErrorAt returns an error diagnostic for the range r.
+func ErrorAt(r hcl.Range, summary, detail string) *hcl.Diagnostic { return errorAt(r, summary, detail) }
+
+// AttrRange returns the range of the value of attribute name in body, or
+// fallback when the body does not set it (or is not native syntax).
+func AttrRange(body hcl.Body, name string, fallback hcl.Range) hcl.Range {
+	if sb, ok := body.(*hclsyntax.Body); ok {
+		if a, ok := sb.Attributes[name]; ok {
+			return a.Expr.Range()
+		}
+	}
+	return fallback
+}
+
+// ElementRange returns the range of element i of the list attribute name in
+// body, or the attribute's range, or fallback.
+func ElementRange(body hcl.Body, name string, i int, fallback hcl.Range) hcl.Range {
+	sb, ok := body.(*hclsyntax.Body)
+	if !ok {
+		return fallback
+	}
+	a, ok := sb.Attributes[name]
+	if !ok {
+		return fallback
+	}
+	if t, ok := a.Expr.(*hclsyntax.TupleConsExpr); ok && i < len(t.Exprs) {
+		return t.Exprs[i].Range()
+	}
+	return a.Expr.Range()
+}

@@ -1,0 +1,97 @@
+package config
+
+import (
+	"github.com/hashicorp/hcl/v2"
+)
+
+// File is a decoded pipeline file.
+type File struct {
+	Variables []*Variable `hcl:"variable,block"`
+	Model     *Model      `hcl:"model,block"`
+	Source    *Source     `hcl:"source,block"`
+	Cache     *Cache      `hcl:"cache,block"`
+	// Chain lists the stages in order; it defaults to DefaultChain.
+	Chain      []string `hcl:"stages,optional"`
+	StageBlock []*Stage `hcl:"stage,block"`
+
+	// Body is the file's whole body, for diagnostics that point at attributes.
+	Body hcl.Body `hcl:",body"`
+
+	// Filename is the path the file was read from.
+	Filename string
+	// Values holds every variable's final value.
+	Values map[string]string
+	// Ctx evaluates expressions in source and stage bodies; it defines var.
+	Ctx *hcl.EvalContext
+}
+
+// DefaultChain is the built-in stage chain.
+var DefaultChain = []string{"fetch", "prefetch", "align", "attend", "evict"}
+
+// Variable is a `variable "name" { default = ... }` block. A variable without
+// a default must be set with --var.
+type Variable struct {
+	Name        string         `hcl:"name,label"`
+	Default     hcl.Expression `hcl:"default,optional"`
+	Description string         `hcl:"description,optional"`
+	DeclRange   hcl.Range      `hcl:",def_range"`
+}
+
+// Model names the model whose attention the pipeline runs: a preset, a
+// Hugging Face config.json, or explicit dimensions. Explicit attributes
+// override what the preset or config.json gives.
+type Model struct {
+	Preset       *string   `hcl:"preset,optional"`
+	ConfigJSON   *string   `hcl:"config_json,optional"`
+	HiddenSize   *int      `hcl:"hidden_size,optional"`
+	Heads        *int      `hcl:"heads,optional"`
+	KVHeads      *int      `hcl:"kv_heads,optional"`
+	HeadDim      *int      `hcl:"head_dim,optional"`
+	Layers       *int      `hcl:"layers,optional"`
+	RopeTheta    *float64  `hcl:"rope_theta,optional"`
+	MRopeSection []int     `hcl:"mrope_section,optional"`
+	RMSNormEps   *float64  `hcl:"rms_norm_eps,optional"`
+	Seed         *int64    `hcl:"seed,optional"`
+	Body         hcl.Body  `hcl:",body"`
+	DeclRange    hcl.Range `hcl:",def_range"`
+}
+
+// Source is a `source "type" { ... }` block; its body belongs to the source
+// type named by the label.
+type Source struct {
+	Type string `hcl:"type,label"`
+	// PrefillChunk is the number of prompt tokens per prefill step; it
+	// defaults to four blocks.
+	PrefillChunk *int `hcl:"prefill_chunk,optional"`
+	// Limit stops the source after this many requests.
+	Limit     *int      `hcl:"limit,optional"`
+	Body      hcl.Body  `hcl:",remain"`
+	DeclRange hcl.Range `hcl:",def_range"`
+}
+
+// Cache configures blocks, pages and tiers.
+type Cache struct {
+	BlockTokens int       `hcl:"block_tokens"`
+	DType       *string   `hcl:"dtype,optional"`
+	Tiers       []*Tier   `hcl:"tier,block"`
+	Body        hcl.Body  `hcl:",body"`
+	DeclRange   hcl.Range `hcl:",def_range"`
+}
+
+// Tier is a `tier "name" { capacity = "2GiB" }` block.
+type Tier struct {
+	Name      string    `hcl:"name,label"`
+	Capacity  string    `hcl:"capacity"`
+	Body      hcl.Body  `hcl:",body"`
+	DeclRange hcl.Range `hcl:",def_range"`
+}
+
+// Stage is a `stage "name" { ... }` block: the settings every stage has,
+// plus a body that the named stage decodes.
+type Stage struct {
+	Name      string    `hcl:"name,label"`
+	Workers   *int      `hcl:"workers,optional"`
+	Queue     *int      `hcl:"queue,optional"`
+	Body      hcl.Body  `hcl:",remain"`
+	DeclRange hcl.Range `hcl:",def_range"`
+}

@@ -1,0 +1,30 @@
+package config
+
+import (
+	"fmt"
+	"math"
+	"strings"
+
+	"github.com/dustin/go-humanize"
+)
+
+// ParseSize parses a byte size such as "256MiB", "2GiB", "1.5GB" or "1048576".
+// IEC suffixes (KiB, MiB, GiB, TiB) are powers of 1024, SI suffixes (KB, MB,
+// GB, TB) powers of 1000.
+func ParseSize(s string) (int64, error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return 0, fmt.Errorf("empty size: want a size such as %q", "2GiB")
+	}
+	n, err := humanize.ParseBytes(s)
+	if err != nil {
+		return 0, fmt.Errorf("size %q: want a size such as %q", s, "2GiB")
+	}
+	if n > math.MaxInt64 {
+		return 0, fmt.Errorf("size %q is too large", s)
+	}
+	if n == 0 {
+		return 0, fmt.Errorf("size %q: must be positive", s)
+	}
+	return int64(n), nil
+}
