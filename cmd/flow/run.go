@@ -1,0 +1,110 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/hashicorp/hcl/v2"
+
+	"github.com/kvflow/kvflow/config"
+	"github.com/kvflow/kvflow/stages"
+)
+
+func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("run", stderr)
+	vars := varsFlag{}
+	fs.Var(vars, "var", "set a variable: name=value (repeatable)")
+	jsonPath := fs.String("json", "", "also write the report as JSON to `PATH`")
+	level := fs.String("log-level", "info", "log level: trace, debug, info, warn, error")
+	progress := fs.Duration("progress", 5*time.Second, "interval of progress lines on stderr (0: none)")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return exitUsage
+	}
+	if len(pos) != 1 {
+		fmt.Fprintf(stderr, "flow run: want one pipeline file, got %d\n%s", len(pos), usage)
+		return exitUsage
+	}
+	log, err := newLogger(stderr, *level)
+	if err != nil {
+		fmt.Fprintf(stderr, "flow run: %v\n", err)
+		return exitUsage
+	}
+	plan, diags := load(pos[0], vars)
+	writeDiags(stderr, diags)
+	if diags.HasErrors() {
+		return exitUsage
+	}
+	log.Info("running", "pipeline", pos[0], "model", plan.ModelName, "layers", plan.Model.NumLayers)
+	report, runErr := plan.Run(ctx, stages.RunOptions{Log: log, Progress: *progress})
+	if report != nil {
+		if runErr != nil {
+			report.Error = runErr.Error()
+		}
+		if err := report.WriteText(stdout); err != nil {
+			fmt.Fprintf(stderr, "flow run: writing the report: %v\n", err)
+			return exitFailed
+		}
+		if *jsonPath != "" {
+			if err := writeJSON(*jsonPath, report); err != nil {
+				fmt.Fprintf(stderr, "flow run: %v\n", err)
+				return exitFailed
+			}
+		}
+	}
+	if runErr != nil {
+		fmt.Fprintf(stderr, "flow run: %s: %v\n", pos[0], runErr)
+		return exitFailed
+	}
+	return exitOK
+}
+
+func writeJSON(path string, r *stages.Report) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("--json: %w", err)
+	}
+	if err := r.WriteJSON(f); err != nil {
+		f.Close()
+		return fmt.Errorf("--json %s: %w", path, err)
+	}
+	return f.Close()
+}
+
+func validateCmd(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("validate", stderr)
+	vars := varsFlag{}
+	fs.Var(vars, "var", "set a variable: name=value (repeatable)")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return exitUsage
+	}
+	if len(pos) != 1 {
+		fmt.Fprintf(stderr, "flow validate: want one pipeline file, got %d\n%s", len(pos), usage)
+		return exitUsage
+	}
+	plan, diags := load(pos[0], vars)
+	writeDiags(stderr, diags)
+	if diags.HasErrors() {
+		return exitUsage
+	}
+	names := make([]string, len(plan.Stages))
+	for i, s := range plan.Stages {
+		names[i] = s.Name
+	}
+	fmt.Fprintf(stdout, "%s: ok (model %s, %d layers, stages %v)\n", pos[0], plan.ModelName, plan.Model.NumLayers, names)
+	return exitOK
+}
+
+// load decodes and checks a pipeline file against the built-in registry.
+func load(path string, vars map[string]string) (*stages.Plan, hcl.Diagnostics) {
+	f, diags := config.LoadFile(path, vars)
+	if diags.HasErrors() {
+		return nil, diags
+	}
+	plan, d := stages.Build(f, stages.DefaultRegistry())
+	return plan, append(diags, d...)
+}

@@ -1,0 +1,244 @@
+package stages
+
+import (
+	"fmt"
+	"path/filepath"
+	"runtime"
+	"strings"
+
+	"github.com/hashicorp/hcl/v2"
+
+	"github.com/kvflow/kvflow/config"
+	"github.com/kvflow/kvflow/model"
+	"github.com/kvflow/kvflow/pipeline"
+)
+
+// Plan is a validated pipeline, ready to run. Building it checks everything
+// a file can get wrong without allocating the model or the cache.
+type Plan struct {
+	File *config.File
+	// Model is the resolved model geometry; Model.NumLayers layers run.
+	Model model.Config
+	// ModelName is the preset or config.json the model came from, or
+	// "custom".
+	ModelName    string
+	Seed         uint64
+	DType        model.DType
+	BlockTokens  int
+	PrefillChunk int
+	Limit        int
+	// MaxActive is the number of requests whose steps are interleaved.
+	MaxActive int
+	// HostCapacity is the host tier's capacity in bytes.
+	HostCapacity int64
+	Source       Source
+	Stages       []PlannedStage
+}
+
+// PlannedStage is one stage of the chain, decoded but not yet constructed.
+type PlannedStage struct {
+	Name    string
+	Options pipeline.Options
+	build   func(*Env) (pipeline.Stage[*Step, *Step], error)
+}
+
+// Build checks a decoded file against the registry and returns its plan. All
+// problems come back as diagnostics that point into the file.
+func Build(f *config.File, reg *Registry) (*Plan, hcl.Diagnostics) {
+	p := &Plan{File: f}
+	var diags hcl.Diagnostics
+	diags = append(diags, p.model(f.Model)...)
+	diags = append(diags, p.cache(f.Cache)...)
+	diags = append(diags, p.source(f, reg)...)
+	diags = append(diags, p.stages(f, reg)...)
+	if diags.HasErrors() {
+		return nil, diags
+	}
+	return p, diags
+}
+
+func (p *Plan) model(m *config.Model) hcl.Diagnostics {
+	at := m.DeclRange
+	attr := func(name string) hcl.Range { return config.AttrRange(m.Body, name, at) }
+	var cfg model.Config
+	switch {
+	case m.Preset != nil && m.ConfigJSON != nil:
+		return hcl.Diagnostics{config.ErrorAt(attr("config_json"), "Conflicting model sources", "Set preset or config_json, not both.")}
+	case m.Preset != nil:
+		c, err := model.Preset(*m.Preset)
+		if err != nil {
+			return hcl.Diagnostics{config.ErrorAt(attr("preset"), "Unknown model preset",
+				fmt.Sprintf("%q is not a preset; known presets: %s.", *m.Preset, strings.Join(model.PresetNames(), ", ")))}
+		}
+		cfg, p.ModelName = c, *m.Preset
+	case m.ConfigJSON != nil:
+		// Relative paths are relative to the working directory, as in Terraform.
+		path := filepath.Clean(*m.ConfigJSON)
+		c, err := model.LoadHFConfig(path)
+		if err != nil {
+			return hcl.Diagnostics{config.ErrorAt(attr("config_json"), "Cannot load config.json", err.Error()+".")}
+		}
+		cfg, p.ModelName = c, path
+	default:
+		p.ModelName = "custom"
+		cfg = model.Config{RopeTheta: 1e6, RMSNormEps: 1e-6, NumLayers: 1}
+	}
+	setInt := func(dst *int, v *int) {
+		if v != nil {
+			*dst = *v
+		}
+	}
+	setInt(&cfg.HiddenSize, m.HiddenSize)
+	setInt(&cfg.NumHeads, m.Heads)
+	setInt(&cfg.NumKVHeads, m.KVHeads)
+	setInt(&cfg.HeadDim, m.HeadDim)
+	setInt(&cfg.NumLayers, m.Layers)
+	if m.RopeTheta != nil {
+		cfg.RopeTheta = *m.RopeTheta
+	}
+	if m.RMSNormEps != nil {
+		cfg.RMSNormEps = *m.RMSNormEps
+	}
+	if m.MRopeSection != nil {
+		if len(m.MRopeSection) != 3 {
+			return hcl.Diagnostics{config.ErrorAt(attr("mrope_section"), "Invalid mrope_section",
+				fmt.Sprintf("mrope_section has %d entries; want three: [temporal, height, width].", len(m.MRopeSection)))}
+		}
+		copy(cfg.MRopeSection[:], m.MRopeSection)
+	}
+	if m.Seed != nil {
+		p.Seed = uint64(*m.Seed)
+	}
+	// Point at the attribute a rule concerns when the file sets it.
+	switch {
+	case cfg.NumHeads > 0 && cfg.NumKVHeads > 0 && cfg.NumHeads%cfg.NumKVHeads != 0:
+		r := attr("kv_heads")
+		if m.KVHeads == nil {
+			r = attr("heads")
+		}
+		return hcl.Diagnostics{config.ErrorAt(r, "Heads do not divide",
+			fmt.Sprintf("heads = %d is not a multiple of kv_heads = %d: every KV head must serve the same number of query heads.", cfg.NumHeads, cfg.NumKVHeads))}
+	case cfg.HeadDim > 0 && m.MRopeSection != nil && 2*(cfg.MRopeSection[0]+cfg.MRopeSection[1]+cfg.MRopeSection[2]) != cfg.HeadDim:
+		return hcl.Diagnostics{config.ErrorAt(attr("mrope_section"), "MRoPE sections do not match head_dim",
+			fmt.Sprintf("2 × sum(mrope_section) = %d, head_dim = %d: the sections must cover half the head dimension.",
+				2*(cfg.MRopeSection[0]+cfg.MRopeSection[1]+cfg.MRopeSection[2]), cfg.HeadDim))}
+	}
+	if err := cfg.Validate(); err != nil {
+		return hcl.Diagnostics{config.ErrorAt(at, "Invalid model", err.Error()+".")}
+	}
+	p.Model = cfg
+	return nil
+}
+
+func (p *Plan) cache(c *config.Cache) hcl.Diagnostics {
+	p.BlockTokens = c.BlockTokens
+	p.DType = model.BF16
+	if c.DType != nil {
+		d, err := model.ParseDType(*c.DType)
+		if err != nil {
+			return hcl.Diagnostics{config.ErrorAt(config.AttrRange(c.Body, "dtype", c.DeclRange), "Invalid dtype", err.Error()+".")}
+		}
+		p.DType = d
+	}
+	for _, t := range c.Tiers {
+		if t.Name != "host" {
+			continue
+		}
+		n, _ := config.ParseSize(t.Capacity) // checked by config
+		p.HostCapacity = n
+		if p.Model.HiddenSize > 0 {
+			page := int64(2 * p.Model.NumKVHeads * c.BlockTokens * p.Model.HeadDim * p.DType.Size())
+			if n < page {
+				return hcl.Diagnostics{config.ErrorAt(config.AttrRange(t.Body, "capacity", t.DeclRange), "Capacity below one page",
+					fmt.Sprintf("capacity %d bytes is smaller than one page (%d bytes: K and V of %d tokens).", n, page, c.BlockTokens))}
+			}
+		}
+	}
+	return nil
+}
+
+func (p *Plan) source(f *config.File, reg *Registry) hcl.Diagnostics {
+	s := f.Source
+	at := s.DeclRange
+	p.PrefillChunk = 4 * p.BlockTokens
+	if s.PrefillChunk != nil {
+		p.PrefillChunk = *s.PrefillChunk
+		if p.BlockTokens > 0 && (p.PrefillChunk < p.BlockTokens || p.PrefillChunk%p.BlockTokens != 0) {
+			return hcl.Diagnostics{config.ErrorAt(config.AttrRange(s.Body, "prefill_chunk", at), "Invalid prefill_chunk",
+				fmt.Sprintf("prefill_chunk = %d is not a positive multiple of block_tokens = %d.", p.PrefillChunk, p.BlockTokens))}
+		}
+	}
+	if s.Limit != nil {
+		if *s.Limit < 1 {
+			return hcl.Diagnostics{config.ErrorAt(config.AttrRange(s.Body, "limit", at), "Invalid limit", "limit must be at least 1.")}
+		}
+		p.Limit = *s.Limit
+	}
+	p.MaxActive = max(4, 2*runtime.GOMAXPROCS(0))
+	if s.MaxActive != nil {
+		if *s.MaxActive < 1 {
+			return hcl.Diagnostics{config.ErrorAt(config.AttrRange(s.Body, "max_active", at), "Invalid max_active", "max_active must be at least 1.")}
+		}
+		p.MaxActive = *s.MaxActive
+	}
+	factory, ok := reg.sources[s.Type]
+	if !ok {
+		return hcl.Diagnostics{config.ErrorAt(at, "Unknown source",
+			fmt.Sprintf("Source %q is not registered; known sources: %s.", s.Type, strings.Join(reg.Sources(), ", ")))}
+	}
+	src, diags := factory(s.Body, f.Ctx, at)
+	p.Source = src
+	return diags
+}
+
+func (p *Plan) stages(f *config.File, reg *Registry) hcl.Diagnostics {
+	var diags hcl.Diagnostics
+	blocks := map[string]*config.Stage{}
+	for _, b := range f.StageBlock {
+		blocks[b.Name] = b
+	}
+	start := hcl.Range{Filename: f.Filename, Start: hcl.InitialPos, End: hcl.InitialPos}
+	for i, name := range f.Chain {
+		factory, ok := reg.stages[name]
+		if !ok {
+			diags = append(diags, config.ErrorAt(config.ElementRange(f.Body, "stages", i, start), "Unknown stage",
+				fmt.Sprintf("Stage %q is not registered; known stages: %s.", name, strings.Join(reg.Stages(), ", "))))
+			continue
+		}
+		ps := PlannedStage{Name: name}
+		var body hcl.Body
+		at := start
+		if b := blocks[name]; b != nil {
+			body, at = b.Body, b.DeclRange
+			if b.Workers != nil {
+				ps.Options.Workers = *b.Workers
+			}
+			if b.Queue != nil {
+				ps.Options.Queue = *b.Queue
+			}
+		}
+		build, d := factory(body, f.Ctx, at)
+		diags = append(diags, d...)
+		ps.build = build
+		p.Stages = append(p.Stages, ps)
+	}
+	if _, ok := blocks["fetch"]; ok || contains(f.Chain, "fetch") {
+		if f.Chain[0] != "fetch" {
+			diags = append(diags, config.ErrorAt(config.ElementRange(f.Body, "stages", 0, start), "fetch must come first",
+				"The fetch stage pins a request's cached prefix; every other stage depends on it."))
+		}
+	} else {
+		diags = append(diags, config.ErrorAt(config.AttrRange(f.Body, "stages", start), "No fetch stage",
+			"The chain needs the fetch stage first: it sets up each request's block keys and cached prefix."))
+	}
+	return diags
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,192 @@
+package stages
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/hashicorp/hcl/v2"
+
+	"github.com/kvflow/kvflow/config"
+)
+
+// tiny is a small but complete pipeline: a custom model small enough to run
+// under the race detector.
+const tiny = `
+model {
+  hidden_size   = 64
+  heads         = 4
+  kv_heads      = 2
+  head_dim      = 16
+  layers        = 2
+  rope_theta    = 10000
+  mrope_section = [4, 2, 2]
+  seed          = 3
+}
+source "synthetic_chat" {
+  sessions        = 3
+  turns           = 3
+  system_tokens   = 40
+  user_tokens     = 12
+  response_tokens = 5
+  image_every     = 2
+  image_grid      = [1, 2, 3]
+  prefill_chunk   = 16
+}
+cache {
+  block_tokens = 8
+  dtype        = "bf16"
+  tier "host" { capacity = "64MiB" }
+}
+`
+
+func plan(t testing.TB, src string, vars map[string]string) (*Plan, hcl.Diagnostics) {
+	t.Helper()
+	f, diags := config.Load("p.hcl", []byte(src), vars)
+	if diags.HasErrors() {
+		return nil, diags
+	}
+	return Build(f, DefaultRegistry())
+}
+
+func TestBuildTiny(t *testing.T) {
+	p, diags := plan(t, tiny, nil)
+	if diags.HasErrors() {
+		t.Fatal(diags)
+	}
+	if p.Model.HiddenSize != 64 || p.Model.NumLayers != 2 || p.BlockTokens != 8 || p.PrefillChunk != 16 || p.HostCapacity != 64<<20 {
+		t.Fatalf("plan %+v", p)
+	}
+	if len(p.Stages) != 5 || p.Stages[3].Name != "attend" {
+		t.Fatalf("stages %+v", p.Stages)
+	}
+}
+
+func TestBuildPresetAndConfigJSON(t *testing.T) {
+	src := strings.Replace(tiny, "hidden_size   = 64", `preset = "qwen3-vl-8b"
+  hidden_size = 64`, 1)
+	p, diags := plan(t, src, nil)
+	if diags.HasErrors() {
+		t.Fatal(diags)
+	}
+	if p.ModelName != "qwen3-vl-8b" || p.Model.HiddenSize != 64 || p.Model.NumHeads != 4 {
+		t.Fatalf("explicit attributes must override the preset: %+v", p.Model)
+	}
+	cfg := filepath.Join(t.TempDir(), "config.json")
+	json := `{"text_config": {"hidden_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+	  "num_hidden_layers": 3, "rope_theta": 10000, "rms_norm_eps": 1e-6,
+	  "rope_scaling": {"mrope_section": [4, 2, 2], "mrope_interleaved": true}}}`
+	if err := os.WriteFile(cfg, []byte(json), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	src = strings.Replace(tiny, "hidden_size   = 64", `config_json = "`+cfg+`"`, 1)
+	p, diags = plan(t, src, nil)
+	if diags.HasErrors() {
+		t.Fatal(diags)
+	}
+	if p.Model.HiddenSize != 128 || p.Model.NumLayers != 2 {
+		t.Fatalf("config.json model: %+v", p.Model)
+	}
+}
+
+// Every diagnostic Build can give, with the place it must point at.
+func TestBuildDiagnostics(t *testing.T) {
+	repl := func(old, new string) string {
+		if !strings.Contains(tiny, old) {
+			t.Fatalf("%q not in tiny", old)
+		}
+		return strings.Replace(tiny, old, new, 1)
+	}
+	cases := []struct {
+		name, src string
+		summary   string
+		line, col int
+	}{
+		{"unknown preset", repl("hidden_size   = 64", `preset = "gpt-5"`), "Unknown model preset", 3, 12},
+		{"preset and config_json", repl("hidden_size   = 64", "preset = \"qwen3-vl-2b\"\n  config_json = \"c.json\""), "Conflicting model sources", 4, 17},
+		{"missing config.json", repl("hidden_size   = 64", `config_json = "/nonexistent/config.json"`), "Cannot load config.json", 3, 17},
+		{"mrope entries", repl("[4, 2, 2]", "[4, 4]"), "Invalid mrope_section", 9, 19},
+		{"heads do not divide", repl("kv_heads      = 2", "kv_heads      = 3"), "Heads do not divide", 5, 19},
+		{"mrope vs head_dim", repl("[4, 2, 2]", "[4, 2, 1]"), "MRoPE sections do not match head_dim", 9, 19},
+		{"invalid model", repl("hidden_size   = 64", "hidden_size   = 0"), "Invalid model", 2, 1},
+		{"dtype", repl(`dtype        = "bf16"`, `dtype        = "int3"`), "Invalid dtype", 24, 18},
+		{"capacity below a page", repl(`"64MiB"`, `"512"`), "Capacity below one page", 25, 28},
+		{"prefill_chunk", repl("prefill_chunk   = 16", "prefill_chunk   = 12"), "Invalid prefill_chunk", 20, 21},
+		{"limit", repl("prefill_chunk   = 16", "limit = 0"), "Invalid limit", 20, 11},
+		{"unknown source", repl(`source "synthetic_chat"`, `source "kafka"`), "Unknown source", 12, 1},
+		{"source setting", repl("sessions        = 3", "sessions        = 0"), "Invalid sessions", 13, 21},
+		{"source attribute", repl("sessions        = 3", "colour = 3"), "Unsupported argument", 13, 3},
+		{"image grid", repl("[1, 2, 3]", "[1, 2]"), "Invalid image_grid", 19, 21},
+		{"unknown stage", tiny + "stages = [\"fetch\", \"warp\"]\n", "Unknown stage", 27, 20},
+		{"kernel", tiny + "stage \"attend\" {\n  kernel = \"magic\"\n}\n", "Invalid kernel", 28, 12},
+		{"policy", tiny + "stage \"evict\" {\n  policy = \"random\"\n}\n", "Invalid policy", 28, 12},
+		{"stage attribute", tiny + "stage \"prefetch\" {\n  lookahead = 4\n}\n", "Unsupported argument", 28, 3},
+		{"no fetch", tiny + "stages = [\"attend\"]\n", "No fetch stage", 27, 10},
+		{"fetch not first", tiny + "stages = [\"align\", \"fetch\"]\n", "fetch must come first", 27, 11},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, diags := plan(t, c.src, nil)
+			var d *hcl.Diagnostic
+			for _, x := range diags {
+				if x.Summary == c.summary {
+					d = x
+				}
+			}
+			if d == nil {
+				t.Fatalf("no %q diagnostic in %v", c.summary, diags)
+			}
+			if d.Subject == nil || d.Subject.Filename != "p.hcl" || d.Subject.Start.Line != c.line || d.Subject.Start.Column != c.col {
+				t.Fatalf("%q at %v, want p.hcl:%d:%d", c.summary, d.Subject, c.line, c.col)
+			}
+		})
+	}
+}
+
+func TestRegistryDuplicate(t *testing.T) {
+	r := DefaultRegistry()
+	if err := RegisterSource(r, "synthetic_chat", DefaultChatSettings, func(s ChatSettings) (Source, error) { return NewChat(s) }); err == nil {
+		t.Fatal("duplicate source accepted")
+	}
+	if got := strings.Join(r.Stages(), ","); got != "align,attend,evict,fetch,prefetch" {
+		t.Fatalf("stages %s", got)
+	}
+}
+
+// FuzzBuild checks that any file either builds or gives located diagnostics,
+// never a panic.
+func FuzzBuild(f *testing.F) {
+	f.Add([]byte(tiny))
+	f.Add([]byte(tiny + "stages = [\"fetch\", \"attend\"]\nstage \"attend\" { kernel = \"x\" }\n"))
+	if paths, _ := filepath.Glob("../pipelines/*.hcl"); len(paths) > 0 {
+		for _, p := range paths {
+			if b, err := os.ReadFile(p); err == nil {
+				f.Add(b)
+			}
+		}
+	}
+	f.Fuzz(func(t *testing.T, src []byte) {
+		p, diags := plan(t, string(src), nil)
+		if diags.HasErrors() {
+			for _, d := range diags {
+				if d.Subject == nil {
+					t.Fatalf("diagnostic without a location: %s", d.Summary)
+				}
+			}
+			return
+		}
+		if p == nil || p.Source == nil || len(p.Stages) == 0 || p.Model.Validate() != nil {
+			t.Fatalf("built an invalid plan: %+v", p)
+		}
+	})
+}
+
+func loadTiny(t *testing.T, src string) (*config.File, hcl.Diagnostics) {
+	t.Helper()
+	f, diags := config.Load("p.hcl", []byte(src), nil)
+	if diags.HasErrors() {
+		t.Fatal(diags)
+	}
+	return f, diags
+}

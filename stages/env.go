@@ -1,0 +1,119 @@
+package stages
+
+import (
+	"fmt"
+	"sync/atomic"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/kvflow/kvflow/model"
+	"github.com/kvflow/kvflow/storage"
+)
+
+// Env is what the stages of one run share: the model's layers, the KV cache
+// manager, the page geometry and the run's counters. It is safe for
+// concurrent use.
+type Env struct {
+	// Model is the attention geometry; Model.NumLayers layers run.
+	Model model.Config
+	// DType is the element type of K/V pages.
+	DType model.DType
+	// BlockTokens is the number of tokens per block (and page).
+	BlockTokens int
+	// PrefillChunk is the number of prompt tokens per prefill step, a
+	// multiple of BlockTokens.
+	PrefillChunk int
+	// Manager is the KV cache manager.
+	Manager *storage.Manager
+	// Log receives the stages' messages.
+	Log hclog.Logger
+
+	layers []*model.Attention
+
+	requests       atomic.Int64
+	promptTokens   atomic.Int64
+	cachedTokens   atomic.Int64
+	computedTokens atomic.Int64 // tokens attended, counted once (at layer 0)
+	decodeTokens   atomic.Int64
+	committedPages atomic.Int64
+	commitFailures atomic.Int64 // pages kept private: the tier had no room
+}
+
+// EnvOptions configure NewEnv.
+type EnvOptions struct {
+	Model        model.Config
+	DType        model.DType
+	BlockTokens  int
+	PrefillChunk int
+	// Seed makes the random weights of every layer.
+	Seed    uint64
+	Manager *storage.Manager
+	Log     hclog.Logger
+}
+
+// NewEnv builds the model's layers with seeded random weights and returns the
+// environment for one run.
+func NewEnv(o EnvOptions) (*Env, error) {
+	if err := o.Model.Validate(); err != nil {
+		return nil, err
+	}
+	if o.BlockTokens < 1 {
+		return nil, fmt.Errorf("block_tokens %d: must be positive", o.BlockTokens)
+	}
+	if o.PrefillChunk < o.BlockTokens || o.PrefillChunk%o.BlockTokens != 0 {
+		return nil, fmt.Errorf("prefill_chunk %d: must be a positive multiple of block_tokens (%d)", o.PrefillChunk, o.BlockTokens)
+	}
+	if o.Manager == nil {
+		return nil, fmt.Errorf("no KV manager")
+	}
+	if o.Manager.Layers() != o.Model.NumLayers {
+		return nil, fmt.Errorf("KV manager has %d layers, model %d", o.Manager.Layers(), o.Model.NumLayers)
+	}
+	if o.Log == nil {
+		o.Log = hclog.NewNullLogger()
+	}
+	e := &Env{
+		Model: o.Model, DType: o.DType, BlockTokens: o.BlockTokens, PrefillChunk: o.PrefillChunk,
+		Manager: o.Manager, Log: o.Log,
+	}
+	for l := range o.Model.NumLayers {
+		a, err := model.NewAttention(o.Model, model.RandomWeights(o.Model, l, o.Seed))
+		if err != nil {
+			return nil, fmt.Errorf("layer %d: %w", l, err)
+		}
+		e.layers = append(e.layers, a)
+	}
+	return e, nil
+}
+
+// Layer returns the attention of layer l.
+func (e *Env) Layer(l int) *model.Attention { return e.layers[l] }
+
+// PageBytes is the size of K (or V) of one page.
+func (e *Env) PageBytes() int {
+	return e.Model.NumKVHeads * e.BlockTokens * e.Model.HeadDim * e.DType.Size()
+}
+
+// Counters is a snapshot of a run's token and request counts.
+type Counters struct {
+	Requests       int64
+	PromptTokens   int64
+	CachedTokens   int64
+	ComputedTokens int64
+	DecodeTokens   int64
+	CommittedPages int64
+	CommitFailures int64
+}
+
+// Counters returns a snapshot of the run's counters.
+func (e *Env) Counters() Counters {
+	return Counters{
+		Requests:       e.requests.Load(),
+		PromptTokens:   e.promptTokens.Load(),
+		CachedTokens:   e.cachedTokens.Load(),
+		ComputedTokens: e.computedTokens.Load(),
+		DecodeTokens:   e.decodeTokens.Load(),
+		CommittedPages: e.committedPages.Load(),
+		CommitFailures: e.commitFailures.Load(),
+	}
+}

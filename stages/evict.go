@@ -1,0 +1,88 @@
+package stages
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/kvflow/kvflow/storage"
+)
+
+// EvictSettings are the evict stage's HCL settings.
+type EvictSettings struct {
+	// Policy names the eviction policy of the host tier; "lru" is the one
+	// there is.
+	Policy string `hcl:"policy,optional"`
+}
+
+// Validate implements Validator.
+func (s EvictSettings) Validate() error {
+	if s.Policy != "lru" {
+		return Setting("policy", "%q: the available policy is \"lru\"", s.Policy)
+	}
+	return nil
+}
+
+// Evict commits the pages a step completed to the cache, where other requests
+// can reuse them, and returns the request's pins after its last step. The
+// tier evicts its coldest unpinned pages to make room.
+type Evict struct{ env *Env }
+
+// NewEvict returns the evict stage.
+func NewEvict(env *Env) *Evict { return &Evict{env: env} }
+
+// Name returns "evict".
+func (e *Evict) Name() string { return "evict" }
+
+// Process implements pipeline.Stage.
+func (e *Evict) Process(ctx context.Context, s *Step) (*Step, error) {
+	if !s.Cached {
+		if err := e.commit(s); err != nil {
+			return nil, err
+		}
+	}
+	if s.Last {
+		if err := s.Seq.release(); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+// commit offers to the cache every full block of the step's layer that the
+// request computed and has not offered yet.
+func (e *Evict) commit(s *Step) error {
+	seq, b := s.Seq, e.env.BlockTokens
+	seq.mu.Lock()
+	defer seq.mu.Unlock()
+	full := min(s.End/b, len(seq.Keys), len(seq.pages[s.Layer]))
+	for i := seq.committed[s.Layer]; i < full; i++ {
+		pg := seq.pages[s.Layer][i]
+		if pg.Key != (storage.PageKey{Block: seq.Keys[i], Layer: s.Layer}) {
+			return fmt.Errorf("page %d of layer %d has key %s, want block %s", i, s.Layer, pg.Key, seq.Keys[i])
+		}
+		if _, err := seq.Lease.Commit(pg); err != nil {
+			if errors.Is(err, storage.ErrNoSpace) || errors.Is(err, storage.ErrTooLarge) {
+				// Everything else is pinned: the page stays private to this
+				// request, which still has it. Nothing is lost.
+				e.env.commitFailures.Add(1)
+				continue
+			}
+			return err
+		}
+		e.env.committedPages.Add(1)
+	}
+	seq.committed[s.Layer] = max(seq.committed[s.Layer], full)
+	return nil
+}
+
+// release returns the sequence's pins; it is idempotent.
+func (seq *Sequence) release() error {
+	seq.mu.Lock()
+	defer seq.mu.Unlock()
+	if seq.released || seq.Lease == nil {
+		return nil
+	}
+	seq.released = true
+	return seq.Lease.Release()
+}

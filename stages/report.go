@@ -1,0 +1,162 @@
+package stages
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	"github.com/dustin/go-humanize"
+
+	"github.com/kvflow/kvflow/pipeline"
+	"github.com/kvflow/kvflow/storage"
+)
+
+// SchemaVersion is the version of the report's JSON schema. It changes when a
+// key is renamed or removed or its meaning changes; new keys do not change it.
+const SchemaVersion = 1
+
+// Report is what a run did: the JSON written by `flow run --json` and the
+// table printed at its end. The README documents every key.
+type Report struct {
+	SchemaVersion   int                 `json:"schema_version"`
+	Pipeline        string              `json:"pipeline"`
+	Model           ModelReport         `json:"model"`
+	DurationSeconds float64             `json:"duration_seconds"`
+	Requests        int64               `json:"requests"`
+	Steps           uint64              `json:"steps"`
+	Tokens          TokenReport         `json:"tokens"`
+	PrefixHitRatio  float64             `json:"prefix_hit_ratio"`
+	TokensPerSecond float64             `json:"tokens_per_second"`
+	Pages           PageReport          `json:"pages"`
+	Stages          []StageReport       `json:"stages"`
+	Tiers           []storage.TierStats `json:"tiers"`
+	// Error is the run's error, if it failed.
+	Error string `json:"error,omitempty"`
+}
+
+// ModelReport describes the model and page geometry of the run.
+type ModelReport struct {
+	Name        string `json:"name"`
+	Layers      int    `json:"layers"`
+	HiddenSize  int    `json:"hidden_size"`
+	Heads       int    `json:"heads"`
+	KVHeads     int    `json:"kv_heads"`
+	HeadDim     int    `json:"head_dim"`
+	DType       string `json:"dtype"`
+	BlockTokens int    `json:"block_tokens"`
+	PageBytes   int    `json:"page_bytes"`
+}
+
+// TokenReport counts tokens: Prompt over all requests, Cached of them served
+// from the prefix cache, Computed attended by the model (prefill and decode,
+// each token once however many layers), Decode of them generated.
+type TokenReport struct {
+	Prompt   int64 `json:"prompt"`
+	Cached   int64 `json:"cached"`
+	Computed int64 `json:"computed"`
+	Decode   int64 `json:"decode"`
+}
+
+// PageReport counts pages offered to the cache by evict.
+type PageReport struct {
+	Committed      int64 `json:"committed"`
+	CommitFailures int64 `json:"commit_failures"`
+}
+
+// StageReport is one stage's line.
+type StageReport struct {
+	Name             string  `json:"name"`
+	Workers          int     `json:"workers"`
+	Queue            int     `json:"queue"`
+	Items            uint64  `json:"items"`
+	Errors           uint64  `json:"errors"`
+	ItemsPerSecond   float64 `json:"items_per_second"`
+	BusySeconds      float64 `json:"busy_seconds"`
+	QueueWaitSeconds float64 `json:"queue_wait_seconds"`
+	P50Ms            float64 `json:"p50_ms"`
+	P99Ms            float64 `json:"p99_ms"`
+	MaxMs            float64 `json:"max_ms"`
+}
+
+func newReport(p *Plan, env *Env, metrics []pipeline.StageMetrics, tiers []storage.TierStats, wall time.Duration) *Report {
+	c := env.Counters()
+	secs := wall.Seconds()
+	r := &Report{
+		SchemaVersion: SchemaVersion,
+		Pipeline:      p.File.Filename,
+		Model: ModelReport{Name: p.ModelName, Layers: p.Model.NumLayers, HiddenSize: p.Model.HiddenSize,
+			Heads: p.Model.NumHeads, KVHeads: p.Model.NumKVHeads, HeadDim: p.Model.HeadDim,
+			DType: p.DType.String(), BlockTokens: p.BlockTokens, PageBytes: 2 * env.PageBytes()},
+		DurationSeconds: secs,
+		Requests:        c.Requests,
+		Tokens:          TokenReport{Prompt: c.PromptTokens, Cached: c.CachedTokens, Computed: c.ComputedTokens, Decode: c.DecodeTokens},
+		PrefixHitRatio:  ratio(c.CachedTokens, c.PromptTokens),
+		Pages:           PageReport{Committed: c.CommittedPages, CommitFailures: c.CommitFailures},
+		Tiers:           tiers,
+	}
+	if secs > 0 {
+		r.TokensPerSecond = float64(c.ComputedTokens) / secs
+	}
+	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	for _, m := range metrics {
+		s := StageReport{Name: m.Name, Workers: m.Workers, Queue: m.Queue, Items: m.Items, Errors: m.Errors,
+			BusySeconds: m.Busy.Seconds(), QueueWaitSeconds: m.QueueWait.Seconds(),
+			P50Ms: ms(m.P50), P99Ms: ms(m.P99), MaxMs: ms(m.Max)}
+		if secs > 0 {
+			s.ItemsPerSecond = float64(m.Items) / secs
+		}
+		if m.Name == "report" {
+			r.Steps = m.Items
+		}
+		r.Stages = append(r.Stages, s)
+	}
+	return r
+}
+
+// WriteJSON writes the report as indented JSON.
+func (r *Report) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(r)
+}
+
+// WriteText writes the report as readable tables.
+func (r *Report) WriteText(w io.Writer) error {
+	m := r.Model
+	fmt.Fprintf(w, "kvflow run: %s\n", r.Pipeline)
+	fmt.Fprintf(w, "model %s: %d layers, hidden %d, %d/%d heads × %d, pages of %d tokens %s (%s)\n\n",
+		m.Name, m.Layers, m.HiddenSize, m.Heads, m.KVHeads, m.HeadDim, m.BlockTokens, m.DType, humanize.IBytes(uint64(m.PageBytes)))
+
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "stage\tworkers\titems\terrors\titems/s\tp50 ms\tp99 ms\tqueue wait s\t")
+	for _, s := range r.Stages {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%.1f\t%.3f\t%.3f\t%.2f\t\n",
+			s.Name, s.Workers, s.Items, s.Errors, s.ItemsPerSecond, s.P50Ms, s.P99Ms, s.QueueWaitSeconds)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(w)
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "tier\tcapacity\tused\tpeak\thits\tmisses\tread\twritten\tevictions\t")
+	for _, t := range r.Tiers {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%d\t\n", t.Name,
+			humanize.IBytes(uint64(t.CapacityBytes)), humanize.IBytes(uint64(t.UsedBytes)), humanize.IBytes(uint64(t.PeakBytes)),
+			t.Hits, t.Misses, humanize.IBytes(t.BytesRead), humanize.IBytes(t.BytesWritten), t.Evictions)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintf(w, "requests          %d (%d steps)\n", r.Requests, r.Steps)
+	fmt.Fprintf(w, "prompt tokens     %d\n", r.Tokens.Prompt)
+	fmt.Fprintf(w, "cached tokens     %d\n", r.Tokens.Cached)
+	fmt.Fprintf(w, "prefix hit ratio  %.3f\n", r.PrefixHitRatio)
+	fmt.Fprintf(w, "computed tokens   %d (%d decode)\n", r.Tokens.Computed, r.Tokens.Decode)
+	fmt.Fprintf(w, "tokens/s          %.1f\n", r.TokensPerSecond)
+	fmt.Fprintf(w, "pages committed   %d (%d kept private: tier full)\n", r.Pages.Committed, r.Pages.CommitFailures)
+	_, err := fmt.Fprintf(w, "wall time         %.2fs\n", r.DurationSeconds)
+	return err
+}

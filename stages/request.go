@@ -1,0 +1,121 @@
+package stages
+
+import (
+	"fmt"
+	"sync"
+
+	"github.com/kvflow/kvflow/model"
+	"github.com/kvflow/kvflow/storage"
+)
+
+// Request is one inference request: a prompt and the tokens generated for it.
+// Sources create requests; nothing changes them afterwards.
+type Request struct {
+	// ID names the request in errors and is the ordering key of its steps.
+	ID string
+	// Tokens holds the prompt followed by the response tokens; decode steps
+	// run over the response.
+	Tokens []int32
+	// PromptLen is the number of prompt tokens at the front of Tokens.
+	PromptLen int
+	// Positions are the three MRoPE position rows (temporal, height, width)
+	// of every token.
+	Positions [3][]int64
+	// Images are the runs of image tokens, whose content hashes enter the
+	// keys of the blocks they fall in.
+	Images []ImageRun
+	// Done, if not nil, is closed when the request has left the pipeline.
+	Done chan struct{}
+}
+
+// ImageRun is a run of image tokens [Start, Start+Len) of one image.
+type ImageRun struct {
+	Start, Len int
+	// Hash is the image's content hash.
+	Hash uint64
+}
+
+// Validate reports a malformed request.
+func (r *Request) Validate() error {
+	n := len(r.Tokens)
+	switch {
+	case r.ID == "":
+		return fmt.Errorf("request without an id")
+	case r.PromptLen < 1 || r.PromptLen > n:
+		return fmt.Errorf("request %s: prompt of %d tokens, sequence of %d", r.ID, r.PromptLen, n)
+	}
+	for i, row := range r.Positions {
+		if len(row) != n {
+			return fmt.Errorf("request %s: position row %d has %d entries for %d tokens", r.ID, i, len(row), n)
+		}
+	}
+	for _, im := range r.Images {
+		if im.Start < 0 || im.Len < 1 || im.Start+im.Len > n {
+			return fmt.Errorf("request %s: image run [%d,%d) outside %d tokens", r.ID, im.Start, im.Start+im.Len, n)
+		}
+	}
+	return nil
+}
+
+// Step is one layer of one request over the token range [Start, End): a
+// prefill chunk or one decode token. Stages fill in its later fields as it
+// moves along the chain.
+type Step struct {
+	Req *Request
+	Seq *Sequence
+	// Index numbers the request's steps from 0.
+	Index int
+	Layer int
+	// Start and End delimit the tokens the step computes; fetch raises
+	// Start past the cached prefix.
+	Start, End int
+	Decode     bool
+	// Last marks the request's final step.
+	Last bool
+
+	// Cached is set by fetch when every token of the step was served from
+	// the cache: nothing is left to compute.
+	Cached bool
+	// Ready holds the cached pages the step reads, resident (prefetch).
+	Ready []*storage.Page
+	// KV is the step's paged K/V view (align).
+	KV *model.PagedKV
+	// Out is the attention output, (End-Start)*hidden floats (attend).
+	Out []float32
+}
+
+// String names the step in errors.
+func (s *Step) String() string {
+	kind := "prefill"
+	if s.Decode {
+		kind = "decode"
+	}
+	return fmt.Sprintf("request %s layer %d %s tokens [%d,%d)", s.Req.ID, s.Layer, kind, s.Start, s.End)
+}
+
+// Key is the ordering key of the step: its request.
+func (s *Step) Key() string { return s.Req.ID }
+
+// Sequence is the state a request's steps share: its block keys, the lease on
+// its pages, and per layer the pages of its blocks.
+type Sequence struct {
+	// Keys are the chained keys of the sequence's full blocks (fetch).
+	Keys []storage.BlockKey
+	// CachedTokens is the length of the prefix served from the cache (fetch).
+	CachedTokens int
+	// Lease holds the request's pins (fetch); released after its last step.
+	Lease *storage.Lease
+
+	mu sync.Mutex
+	// pages[layer][block] is the page of each block known so far: cached,
+	// or allocated by align for the request's own tokens. Guarded by mu.
+	pages [][]*storage.Page
+	// committed[layer] counts the leading blocks evict has offered to the
+	// cache. Guarded by mu.
+	committed []int
+	released  bool // guarded by mu
+}
+
+func newSequence(layers int) *Sequence {
+	return &Sequence{pages: make([][]*storage.Page, layers), committed: make([]int, layers)}
+}
