@@ -64,7 +64,9 @@ type Source struct {
 	// defaults to four blocks.
 	PrefillChunk *int `hcl:"prefill_chunk,optional"`
 	// Limit stops the source after this many requests.
-	Limit     *int      `hcl:"limit,optional"`
+	Limit *int `hcl:"limit,optional"`
+	// MaxActive bounds the requests whose steps are interleaved at once.
+	MaxActive *int      `hcl:"max_active,optional"`
 	Body      hcl.Body  `hcl:",remain"`
 	DeclRange hcl.Range `hcl:",def_range"`
 }
