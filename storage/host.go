@@ -63,17 +63,17 @@ func (t *HostTier) Put(p *Page) (*Page, error) {
 		t.mu.Unlock()
 		return e.page, nil
 	}
+	if t.stats.PinnedBytes+size > t.capacity {
+		// Evicting every unpinned page would not make room: evict nothing.
+		used, pinned := t.stats.UsedBytes, t.stats.PinnedBytes
+		t.mu.Unlock()
+		return nil, fmt.Errorf("host tier: page %s of %d bytes: %d of %d bytes used, %d pinned: %w",
+			p.Key, size, used, t.capacity, pinned, ErrNoSpace)
+	}
 	var evicted []*Page
 	for t.stats.UsedBytes+size > t.capacity {
-		back := t.lru.Back()
-		if back == nil {
-			used, pinned := t.stats.UsedBytes, t.stats.PinnedBytes
-			t.mu.Unlock()
-			t.notify(evicted)
-			return nil, fmt.Errorf("host tier: page %s of %d bytes: %d of %d bytes used, %d pinned: %w",
-				p.Key, size, used, t.capacity, pinned, ErrNoSpace)
-		}
-		e := back.Value.(*hostEntry)
+		// Unpinned bytes suffice (checked above), so the list is not empty.
+		e := t.lru.Back().Value.(*hostEntry)
 		t.removeLocked(e)
 		evicted = append(evicted, e.page)
 	}
@@ -103,6 +103,31 @@ func (t *HostTier) Pin(key PageKey) (*Page, bool) {
 	t.stats.BytesRead += uint64(e.page.Size())
 	t.pinLocked(e)
 	return e.page, true
+}
+
+// PinAll implements Tier.
+func (t *HostTier) PinAll(keys []PageKey) ([]*Page, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	missing := 0
+	for _, k := range keys {
+		if _, ok := t.entries[k]; !ok {
+			missing++
+		}
+	}
+	if missing > 0 {
+		t.stats.Misses += uint64(missing)
+		return nil, false
+	}
+	pages := make([]*Page, len(keys))
+	for i, k := range keys {
+		e := t.entries[k]
+		t.stats.Hits++
+		t.stats.BytesRead += uint64(e.page.Size())
+		t.pinLocked(e)
+		pages[i] = e.page
+	}
+	return pages, true
 }
 
 // Unpin implements Tier. The page becomes the most recently used.

@@ -61,7 +61,8 @@ var ErrReleased = errors.New("lease released")
 
 // AcquirePrefix pins the pages of the longest run of leading blocks of keys
 // that are cached in every layer and returns them as pages[block][layer].
-// Pages of a block that turns out incomplete are unpinned again.
+// The lookup stops at the first block missing a layer; none of that block's
+// pages is pinned.
 func (l *Lease) AcquirePrefix(keys []BlockKey) ([][]*Page, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -69,27 +70,17 @@ func (l *Lease) AcquirePrefix(keys []BlockKey) ([][]*Page, error) {
 		return nil, ErrReleased
 	}
 	var prefix [][]*Page
+	row := make([]PageKey, l.m.layers)
 	for _, k := range keys {
-		row := make([]*Page, 0, l.m.layers)
-		for layer := range l.m.layers {
-			p, ok := l.m.tier.Pin(PageKey{Block: k, Layer: layer})
-			if !ok {
-				break
-			}
-			row = append(row, p)
+		for layer := range row {
+			row[layer] = PageKey{Block: k, Layer: layer}
 		}
-		if len(row) < l.m.layers {
-			for _, p := range row {
-				if err := l.m.tier.Unpin(p.Key); err != nil {
-					return prefix, err
-				}
-			}
+		pages, ok := l.m.tier.PinAll(row)
+		if !ok {
 			break
 		}
-		for _, p := range row {
-			l.keys = append(l.keys, p.Key)
-		}
-		prefix = append(prefix, row)
+		l.keys = append(l.keys, row...)
+		prefix = append(prefix, pages)
 	}
 	return prefix, nil
 }

@@ -105,6 +105,33 @@ func TestHostTierPinnedNeverEvicted(t *testing.T) {
 	}
 }
 
+// A Put that cannot succeed must not evict anything on its way to failing.
+func TestHostTierFailedPutEvictsNothing(t *testing.T) {
+	h, _ := NewHostTier(HostOptions{Capacity: 400})
+	for i := range 4 {
+		if _, err := h.Put(page(BlockKey(i), 0, 100)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 2 {
+		if err := h.Unpin(PageKey{Block: BlockKey(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := h.Put(page(9, 0, 300)); !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("Put of 300 bytes with 200 pinned of 400: %v, want ErrNoSpace", err)
+	}
+	if s := h.Stats(); s.Evictions != 0 || s.Pages != 4 {
+		t.Fatalf("a failed Put evicted: %+v", s)
+	}
+	if _, err := h.Put(page(9, 0, 200)); err != nil {
+		t.Fatalf("Put of 200 bytes with 200 unpinned: %v", err)
+	}
+	if s := h.Stats(); s.Evictions != 2 || s.UsedBytes != 400 {
+		t.Fatalf("after making room: %+v", s)
+	}
+}
+
 func TestHostTierDedupAndUnpinErrors(t *testing.T) {
 	h, _ := NewHostTier(HostOptions{Capacity: 1000})
 	first := page(1, 2, 100)
@@ -167,7 +194,10 @@ func TestManagerPrefixAndRelease(t *testing.T) {
 		}
 	}
 	if r.Pins() != 4 || h.Stats().PinnedBytes != 400 {
-		t.Fatalf("pins %d, pinned bytes %d; want 4 and 400 (block 12's layer 0 unpinned again)", r.Pins(), h.Stats().PinnedBytes)
+		t.Fatalf("pins %d, pinned bytes %d; want 4 and 400 (nothing of block 12 pinned)", r.Pins(), h.Stats().PinnedBytes)
+	}
+	if s := h.Stats(); s.Hits != 4 || s.Misses != 1 || s.BytesRead != 400 {
+		t.Fatalf("hits %d misses %d read %d; want the 4 pages served, block 12's missing layer, 400 bytes", s.Hits, s.Misses, s.BytesRead)
 	}
 	if err := r.Release(); err != nil {
 		t.Fatal(err)

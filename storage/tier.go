@@ -29,6 +29,10 @@ type Tier interface {
 	// Pin returns the page stored under key and pins it, or false if the tier
 	// does not hold it. Every successful Pin needs one Unpin.
 	Pin(key PageKey) (*Page, bool)
+	// PinAll pins the pages of every key, or none of them if any is absent:
+	// a block is only usable when all its layers are present. It counts a
+	// hit per page on success and a miss per absent page on failure.
+	PinAll(keys []PageKey) ([]*Page, bool)
 	// Unpin releases one pin of key.
 	Unpin(key PageKey) error
 	// Stats returns a snapshot of the tier's counters.
@@ -43,11 +47,12 @@ type TierStats struct {
 	PeakBytes     int64  `json:"peak_bytes"`
 	PinnedBytes   int64  `json:"pinned_bytes"`
 	Pages         int64  `json:"pages"`
-	Hits          uint64 `json:"hits"`
-	Misses        uint64 `json:"misses"`
-	BytesRead     uint64 `json:"bytes_read"`
-	BytesWritten  uint64 `json:"bytes_written"`
-	PagesWritten  uint64 `json:"pages_written"`
-	Evictions     uint64 `json:"evictions"`
-	EvictedBytes  uint64 `json:"evicted_bytes"`
+	// Hits and Misses count pages found and not found by lookups.
+	Hits         uint64 `json:"hits"`
+	Misses       uint64 `json:"misses"`
+	BytesRead    uint64 `json:"bytes_read"`
+	BytesWritten uint64 `json:"bytes_written"`
+	PagesWritten uint64 `json:"pages_written"`
+	Evictions    uint64 `json:"evictions"`
+	EvictedBytes uint64 `json:"evicted_bytes"`
 }
