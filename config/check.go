@@ -8,8 +8,16 @@ import (
 	"github.com/hashicorp/hcl/v2/hclsyntax"
 )
 
-// TierNames are the tiers this build knows, fastest first.
-var TierNames = []string{"host"}
+// TierNames returns the tiers this build knows, fastest first.
+func TierNames() []string { return []string{"host"} }
+
+// Upper bounds on settings, so that a typo cannot ask for more goroutines or
+// memory than any machine has.
+const (
+	MaxBlockTokens = 1 << 16
+	MaxWorkers     = 4096
+	MaxQueue       = 1 << 20
+)
 
 // check reports what the schema alone cannot: missing blocks, values out of
 // range, duplicates.
@@ -27,8 +35,11 @@ func (f *File) check(file hcl.Range) hcl.Diagnostics {
 	} else {
 		diags = append(diags, f.Cache.check()...)
 	}
+	if len(f.Stages) == 0 {
+		diags = append(diags, errorAt(AttrRange(f.Body, "stages", start), "Empty stages", "stages lists no stage; leave it out for the default chain."))
+	}
 	seen := map[string]bool{}
-	for i, name := range f.Chain {
+	for i, name := range f.Stages {
 		r := ElementRange(f.Body, "stages", i, start)
 		if seen[name] {
 			diags = append(diags, errorAt(r, "Duplicate stage", fmt.Sprintf("Stage %q appears twice in stages.", name)))
@@ -36,20 +47,22 @@ func (f *File) check(file hcl.Range) hcl.Diagnostics {
 		seen[name] = true
 	}
 	blocks := map[string]bool{}
-	for _, s := range f.StageBlock {
+	for _, s := range f.StageBlocks {
 		if blocks[s.Name] {
 			diags = append(diags, errorAt(s.DeclRange, "Duplicate stage block", fmt.Sprintf("Stage %q is configured twice.", s.Name)))
 		}
 		blocks[s.Name] = true
 		if !seen[s.Name] {
 			diags = append(diags, errorAt(s.DeclRange, "Stage not in the chain",
-				fmt.Sprintf("Stage %q is configured but not in stages = [%s].", s.Name, strings.Join(f.Chain, ", "))))
+				fmt.Sprintf("Stage %q is configured but not in stages = [%s].", s.Name, strings.Join(f.Stages, ", "))))
 		}
-		if s.Workers != nil && *s.Workers < 1 {
-			diags = append(diags, errorAt(AttrRange(s.Body, "workers", s.DeclRange), "Invalid workers", "workers must be at least 1."))
+		if s.Workers != nil && (*s.Workers < 1 || *s.Workers > MaxWorkers) {
+			diags = append(diags, errorAt(AttrRange(s.Body, "workers", s.DeclRange), "Invalid workers",
+				fmt.Sprintf("workers = %d: must be between 1 and %d.", *s.Workers, MaxWorkers)))
 		}
-		if s.Queue != nil && *s.Queue < 1 {
-			diags = append(diags, errorAt(AttrRange(s.Body, "queue", s.DeclRange), "Invalid queue", "queue must be at least 1."))
+		if s.Queue != nil && (*s.Queue < 1 || *s.Queue > MaxQueue) {
+			diags = append(diags, errorAt(AttrRange(s.Body, "queue", s.DeclRange), "Invalid queue",
+				fmt.Sprintf("queue = %d: must be between 1 and %d.", *s.Queue, MaxQueue)))
 		}
 	}
 	return diags
@@ -57,8 +70,9 @@ func (f *File) check(file hcl.Range) hcl.Diagnostics {
 
 func (c *Cache) check() hcl.Diagnostics {
 	var diags hcl.Diagnostics
-	if c.BlockTokens < 1 {
-		diags = append(diags, errorAt(AttrRange(c.Body, "block_tokens", c.DeclRange), "Invalid block_tokens", "block_tokens must be at least 1."))
+	if c.BlockTokens < 1 || c.BlockTokens > MaxBlockTokens {
+		diags = append(diags, errorAt(AttrRange(c.Body, "block_tokens", c.DeclRange), "Invalid block_tokens",
+			fmt.Sprintf("block_tokens = %d: must be between 1 and %d.", c.BlockTokens, MaxBlockTokens)))
 	}
 	if len(c.Tiers) == 0 {
 		diags = append(diags, errorAt(c.DeclRange, "No cache tier", `The cache needs at least tier "host" { capacity = "..." }.`))
@@ -66,12 +80,12 @@ func (c *Cache) check() hcl.Diagnostics {
 	seen := map[string]bool{}
 	for _, t := range c.Tiers {
 		known := false
-		for _, n := range TierNames {
+		for _, n := range TierNames() {
 			known = known || n == t.Name
 		}
 		if !known {
 			diags = append(diags, errorAt(t.DeclRange, "Unknown tier",
-				fmt.Sprintf("Tier %q is not available; known tiers: %s.", t.Name, strings.Join(TierNames, ", "))))
+				fmt.Sprintf("Tier %q is not available; known tiers: %s.", t.Name, strings.Join(TierNames(), ", "))))
 		}
 		if seen[t.Name] {
 			diags = append(diags, errorAt(t.DeclRange, "Duplicate tier", fmt.Sprintf("Tier %q is configured twice.", t.Name)))

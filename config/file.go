@@ -10,9 +10,10 @@ type File struct {
 	Model     *Model      `hcl:"model,block"`
 	Source    *Source     `hcl:"source,block"`
 	Cache     *Cache      `hcl:"cache,block"`
-	// Chain lists the stages in order; it defaults to DefaultChain.
-	Chain      []string `hcl:"stages,optional"`
-	StageBlock []*Stage `hcl:"stage,block"`
+	// Stages lists the chain's stages in order; it defaults to
+	// DefaultChain().
+	Stages      []string `hcl:"stages,optional"`
+	StageBlocks []*Stage `hcl:"stage,block"`
 
 	// Body is the file's whole body, for diagnostics that point at attributes.
 	Body hcl.Body `hcl:",body"`
@@ -25,8 +26,8 @@ type File struct {
 	Ctx *hcl.EvalContext
 }
 
-// DefaultChain is the built-in stage chain.
-var DefaultChain = []string{"fetch", "prefetch", "align", "attend", "evict"}
+// DefaultChain returns the built-in stage chain.
+func DefaultChain() []string { return []string{"fetch", "prefetch", "align", "attend", "evict"} }
 
 // Variable is a `variable "name" { default = ... }` block. A variable without
 // a default must be set with --var.

@@ -32,7 +32,7 @@ func FuzzLoad(f *testing.F) {
 			}
 			return
 		}
-		if file == nil || file.Model == nil || file.Source == nil || file.Cache == nil || len(file.Chain) == 0 {
+		if file == nil || file.Model == nil || file.Source == nil || file.Cache == nil || len(file.Stages) == 0 {
 			t.Fatalf("no errors but an incomplete file: %+v", file)
 		}
 	})

@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"sort"
 	"strings"
@@ -16,7 +17,7 @@ import (
 // LoadFile reads and decodes the pipeline file at path. vars are the values
 // given with --var, by variable name.
 func LoadFile(path string, vars map[string]string) (*File, hcl.Diagnostics) {
-	src, err := os.ReadFile(path)
+	src, err := readLimited(path, MaxFileSize)
 	if err != nil {
 		return nil, hcl.Diagnostics{{
 			Severity: hcl.DiagError,
@@ -26,6 +27,26 @@ func LoadFile(path string, vars map[string]string) (*File, hcl.Diagnostics) {
 		}}
 	}
 	return Load(path, src, vars)
+}
+
+// MaxFileSize bounds the size of a pipeline file LoadFile reads.
+const MaxFileSize = 16 << 20
+
+// readLimited reads a file of at most limit bytes.
+func readLimited(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) > limit {
+		return nil, fmt.Errorf("%s is larger than %d MiB: not a pipeline file", path, limit>>20)
+	}
+	return b, nil
 }
 
 // Load decodes a pipeline file from src; filename is used in diagnostics.
@@ -53,8 +74,8 @@ func Load(filename string, src []byte, vars map[string]string) (*File, hcl.Diagn
 	if diags.HasErrors() {
 		return nil, diags
 	}
-	if len(f.Chain) == 0 {
-		f.Chain = append([]string(nil), DefaultChain...)
+	if _, set := body.(*hclsyntax.Body).Attributes["stages"]; !set {
+		f.Stages = DefaultChain()
 	}
 	diags = append(diags, f.check(body.(*hclsyntax.Body).SrcRange)...)
 	if diags.HasErrors() {

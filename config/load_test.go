@@ -26,8 +26,8 @@ func TestLoadMinimal(t *testing.T) {
 	if *f.Model.Preset != "qwen3-vl-2b" || f.Source.Type != "synthetic_chat" || f.Cache.BlockTokens != 16 {
 		t.Fatalf("decoded %+v %+v %+v", f.Model, f.Source, f.Cache)
 	}
-	if strings.Join(f.Chain, ",") != strings.Join(DefaultChain, ",") {
-		t.Fatalf("chain %v, want the default %v", f.Chain, DefaultChain)
+	if strings.Join(f.Stages, ",") != strings.Join(DefaultChain(), ",") {
+		t.Fatalf("chain %v, want the default %v", f.Stages, DefaultChain())
 	}
 	if len(f.Cache.Tiers) != 1 || f.Cache.Tiers[0].Capacity != "1GiB" {
 		t.Fatalf("tiers %+v", f.Cache.Tiers)
@@ -90,6 +90,11 @@ func TestDiagnostics(t *testing.T) {
 		{"stage not in chain", minimal + "stages = [\"fetch\"]\nstage \"attend\" {}\n", nil, "Stage not in the chain", 9, 1},
 		{"workers", minimal + "stage \"attend\" {\n  workers = 0\n}\n", nil, "Invalid workers", 9, 13},
 		{"queue", minimal + "stage \"attend\" {\n  queue = -1\n}\n", nil, "Invalid queue", 9, 11},
+		{"empty stages", minimal + "stages = []\n", nil, "Empty stages", 8, 10},
+		{"too many workers", minimal + "stage \"attend\" {\n  workers = 1e9\n}\n", nil, "Invalid workers", 9, 13},
+		{"queue too long", minimal + "stage \"attend\" {\n  queue = 1e9\n}\n", nil, "Invalid queue", 9, 11},
+		{"block_tokens too large", strings.Replace(minimal, "block_tokens = 16", "block_tokens = 1e12", 1), nil, "Invalid block_tokens", 5, 18},
+		{"invalid variable name", "variable \"1x\" { default = 1 }\n" + minimal, nil, "Invalid variable name", 1, 10},
 		{"block_tokens", strings.Replace(minimal, "block_tokens = 16", "block_tokens = 0", 1), nil, "Invalid block_tokens", 5, 18},
 		{"no tier", "model {}\nsource \"x\" {}\ncache {\n  block_tokens = 4\n}\n", nil, "No cache tier", 3, 1},
 		{"unknown tier", strings.Replace(minimal, `tier "host"`, `tier "tape"`, 1), nil, "Unknown tier", 6, 3},
@@ -167,5 +172,16 @@ func TestParseVar(t *testing.T) {
 		if _, _, err := ParseVar(bad); err == nil {
 			t.Errorf("ParseVar(%q) accepted", bad)
 		}
+	}
+}
+
+func TestLoadFileTooLarge(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "big.hcl")
+	if err := os.WriteFile(path, make([]byte, MaxFileSize+1), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, diags := LoadFile(path, nil)
+	if d := find(diags, "Cannot read pipeline file"); d == nil || !strings.Contains(d.Detail, "larger than") {
+		t.Fatalf("oversized file: %v", diags)
 	}
 }
