@@ -14,7 +14,7 @@ type AttendSettings struct {
 // Validate implements Validator.
 func (s AttendSettings) Validate() error {
 	if s.Kernel != "dense" {
-		return Setting("kernel", "%q: the available kernel is \"dense\"", s.Kernel)
+		return SettingErrorf("kernel", "%q: the available kernel is \"dense\"", s.Kernel)
 	}
 	return nil
 }
@@ -51,6 +51,7 @@ func (a *Attend) Process(ctx context.Context, s *Step) (*Step, error) {
 	if err := a.env.Layer(s.Layer).Forward(x, pos, s.KV, s.Start, s.Out); err != nil {
 		return nil, err
 	}
+	s.Seq.wrote(s.Layer, s.End)
 	if s.Layer == 0 {
 		a.env.computedTokens.Add(int64(n))
 		if s.Decode {

@@ -2,10 +2,12 @@ package stages
 
 import (
 	"fmt"
+	"math"
 	"path/filepath"
 	"runtime"
 	"strings"
 
+	"github.com/dustin/go-humanize"
 	"github.com/hashicorp/hcl/v2"
 
 	"github.com/kvflow/kvflow/config"
@@ -42,8 +44,9 @@ type PlannedStage struct {
 	build   func(*Env) (pipeline.Stage[*Step, *Step], error)
 }
 
-// Build checks a decoded file against the registry and returns its plan. All
-// problems come back as diagnostics that point into the file.
+// Build checks a file decoded by config.Load or config.LoadFile against the
+// registry and returns its plan. All problems come back as diagnostics that
+// point into the file.
 func Build(f *config.File, reg *Registry) (*Plan, hcl.Diagnostics) {
 	p := &Plan{File: f}
 	var diags hcl.Diagnostics
@@ -109,6 +112,40 @@ func (p *Plan) model(m *config.Model) hcl.Diagnostics {
 	if m.Seed != nil {
 		p.Seed = uint64(*m.Seed)
 	}
+	// Bounds first, each at its attribute, so that nothing below overflows
+	// and no typo asks for more memory than a machine has.
+	for _, b := range []struct {
+		name     string
+		v, hi    int
+		explicit bool
+	}{
+		{"hidden_size", cfg.HiddenSize, maxHidden, m.HiddenSize != nil},
+		{"heads", cfg.NumHeads, maxHeads, m.Heads != nil},
+		{"kv_heads", cfg.NumKVHeads, maxHeads, m.KVHeads != nil},
+		{"head_dim", cfg.HeadDim, maxHeadDim, m.HeadDim != nil},
+		{"layers", cfg.NumLayers, maxLayers, m.Layers != nil},
+	} {
+		if b.v < 1 || b.v > b.hi {
+			r := at
+			if b.explicit {
+				r = attr(b.name)
+			}
+			return hcl.Diagnostics{config.ErrorAt(r, "Invalid "+b.name,
+				fmt.Sprintf("%s = %d: must be between 1 and %d.", b.name, b.v, b.hi))}
+		}
+	}
+	for i, sec := range cfg.MRopeSection {
+		if sec < 0 {
+			return hcl.Diagnostics{config.ErrorAt(attr("mrope_section"), "Invalid mrope_section",
+				fmt.Sprintf("mrope_section[%d] = %d: must not be negative.", i, sec))}
+		}
+	}
+	if !(cfg.RopeTheta > 0) || math.IsInf(cfg.RopeTheta, 0) {
+		return hcl.Diagnostics{config.ErrorAt(attr("rope_theta"), "Invalid rope_theta", fmt.Sprintf("rope_theta = %g: must be positive.", cfg.RopeTheta))}
+	}
+	if !(cfg.RMSNormEps > 0) || math.IsInf(cfg.RMSNormEps, 0) {
+		return hcl.Diagnostics{config.ErrorAt(attr("rms_norm_eps"), "Invalid rms_norm_eps", fmt.Sprintf("rms_norm_eps = %g: must be positive.", cfg.RMSNormEps))}
+	}
 	// Point at the attribute a rule concerns when the file sets it.
 	switch {
 	case cfg.NumHeads > 0 && cfg.NumKVHeads > 0 && cfg.NumHeads%cfg.NumKVHeads != 0:
@@ -126,9 +163,29 @@ func (p *Plan) model(m *config.Model) hcl.Diagnostics {
 	if err := cfg.Validate(); err != nil {
 		return hcl.Diagnostics{config.ErrorAt(at, "Invalid model", err.Error()+".")}
 	}
+	// The layers' float32 weights are the run's largest allocation.
+	weights := int64(cfg.NumLayers) * 4 * int64(cfg.HiddenSize) * 2 * int64(cfg.NumHeads+cfg.NumKVHeads) * int64(cfg.HeadDim)
+	if avail := availableMemory(); avail > 0 && weights > avail {
+		r := at
+		if m.Layers != nil {
+			r = attr("layers")
+		}
+		return hcl.Diagnostics{config.ErrorAt(r, "Model too large for this machine",
+			fmt.Sprintf("%d layers of float32 attention weights need %s; %s of memory is available. Run fewer layers.",
+				cfg.NumLayers, humanize.IBytes(uint64(weights)), humanize.IBytes(uint64(avail))))}
+	}
 	p.Model = cfg
 	return nil
 }
+
+// Upper bounds on the model geometry: well above any Qwen3-VL model, well
+// below what overflows the page and weight arithmetic.
+const (
+	maxHidden  = 1 << 16
+	maxHeads   = 1 << 10
+	maxHeadDim = 1 << 10
+	maxLayers  = 1 << 10
+)
 
 func (p *Plan) cache(c *config.Cache) hcl.Diagnostics {
 	p.BlockTokens = c.BlockTokens
@@ -194,11 +251,11 @@ func (p *Plan) source(f *config.File, reg *Registry) hcl.Diagnostics {
 func (p *Plan) stages(f *config.File, reg *Registry) hcl.Diagnostics {
 	var diags hcl.Diagnostics
 	blocks := map[string]*config.Stage{}
-	for _, b := range f.StageBlock {
+	for _, b := range f.StageBlocks {
 		blocks[b.Name] = b
 	}
 	start := hcl.Range{Filename: f.Filename, Start: hcl.InitialPos, End: hcl.InitialPos}
-	for i, name := range f.Chain {
+	for i, name := range f.Stages {
 		factory, ok := reg.stages[name]
 		if !ok {
 			diags = append(diags, config.ErrorAt(config.ElementRange(f.Body, "stages", i, start), "Unknown stage",
@@ -222,23 +279,45 @@ func (p *Plan) stages(f *config.File, reg *Registry) hcl.Diagnostics {
 		ps.build = build
 		p.Stages = append(p.Stages, ps)
 	}
-	if _, ok := blocks["fetch"]; ok || contains(f.Chain, "fetch") {
-		if f.Chain[0] != "fetch" {
-			diags = append(diags, config.ErrorAt(config.ElementRange(f.Body, "stages", 0, start), "fetch must come first",
-				"The fetch stage pins a request's cached prefix; every other stage depends on it."))
-		}
-	} else {
-		diags = append(diags, config.ErrorAt(config.AttrRange(f.Body, "stages", start), "No fetch stage",
-			"The chain needs the fetch stage first: it sets up each request's block keys and cached prefix."))
-	}
+	diags = append(diags, checkOrder(f, start)...)
 	return diags
 }
 
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
+// builtinOrder lists, for each built-in stage, the one that must run before
+// it when both are in the chain, and why.
+var builtinOrder = []struct{ before, after, why string }{
+	{"prefetch", "align", "align assembles the pages prefetch makes resident"},
+	{"align", "attend", "attend needs the paged K/V view align assembles"},
+	{"attend", "evict", "evict commits the pages attend writes"},
+}
+
+// checkOrder checks that fetch comes first and that the built-in stages keep
+// their relative order; custom stages may go anywhere after fetch.
+func checkOrder(f *config.File, start hcl.Range) hcl.Diagnostics {
+	at := map[string]int{}
+	for i, name := range f.Stages {
+		at[name] = i
+	}
+	if _, ok := at["fetch"]; !ok {
+		return hcl.Diagnostics{config.ErrorAt(config.AttrRange(f.Body, "stages", start), "No fetch stage",
+			"The chain needs the fetch stage first: it sets up each request's block keys and cached prefix.")}
+	}
+	if len(f.Stages) > 0 && f.Stages[0] != "fetch" {
+		return hcl.Diagnostics{config.ErrorAt(config.ElementRange(f.Body, "stages", 0, start), "fetch must come first",
+			"The fetch stage pins a request's cached prefix; every other stage depends on it.")}
+	}
+	var diags hcl.Diagnostics
+	for _, o := range builtinOrder {
+		a, hasA := at[o.after]
+		b, hasB := at[o.before]
+		switch {
+		case hasA && !hasB && o.after != "align":
+			diags = append(diags, config.ErrorAt(config.ElementRange(f.Body, "stages", a, start), "Missing stage",
+				fmt.Sprintf("Stage %q needs %q before it: %s.", o.after, o.before, o.why)))
+		case hasA && hasB && b > a:
+			diags = append(diags, config.ErrorAt(config.ElementRange(f.Body, "stages", b, start), "Stages out of order",
+				fmt.Sprintf("Stage %q must come before %q: %s.", o.before, o.after, o.why)))
 		}
 	}
-	return false
+	return diags
 }

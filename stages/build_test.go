@@ -1,6 +1,7 @@
 package stages
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -109,7 +110,28 @@ func TestBuildDiagnostics(t *testing.T) {
 		{"mrope entries", repl("[4, 2, 2]", "[4, 4]"), "Invalid mrope_section", 9, 19},
 		{"heads do not divide", repl("kv_heads      = 2", "kv_heads      = 3"), "Heads do not divide", 5, 19},
 		{"mrope vs head_dim", repl("[4, 2, 2]", "[4, 2, 1]"), "MRoPE sections do not match head_dim", 9, 19},
-		{"invalid model", repl("hidden_size   = 64", "hidden_size   = 0"), "Invalid model", 2, 1},
+		{"hidden_size", repl("hidden_size   = 64", "hidden_size   = 0"), "Invalid hidden_size", 3, 19},
+		{"kv_heads", repl("kv_heads      = 2", "kv_heads      = 0"), "Invalid kv_heads", 5, 19},
+		{"layers", repl("layers        = 2", "layers        = 100000"), "Invalid layers", 7, 19},
+		{"rope_theta", repl("rope_theta    = 10000", "rope_theta    = -1"), "Invalid rope_theta", 8, 19},
+		{"rms_norm_eps", repl("seed          = 3", "rms_norm_eps = 0"), "Invalid rms_norm_eps", 10, 18},
+		{"negative mrope", repl("[4, 2, 2]", "[-2, 6, 4]"), "Invalid mrope_section", 9, 19},
+		{"invalid model", withModel("preset = \"qwen3-vl-2b\"\n  head_dim = 127"), "Invalid model", 2, 1},
+		{"model too large", withModel("preset = \"qwen3-vl-2b\"\n  hidden_size = 65536\n  heads = 1024\n  kv_heads = 1024\n  head_dim = 1024\n  layers = 1024\n  mrope_section = [200, 156, 156]"), "Model too large for this machine", 8, 12},
+		{"max_active", repl("prefill_chunk   = 16", "max_active = 0"), "Invalid max_active", 20, 16},
+		{"turns", repl("turns           = 3", "turns           = 0"), "Invalid turns", 14, 21},
+		{"system_tokens", repl("system_tokens   = 40", "system_tokens   = -1"), "Invalid system_tokens", 15, 21},
+		{"user_tokens", repl("user_tokens     = 12", "user_tokens     = 0"), "Invalid user_tokens", 16, 21},
+		{"response_tokens", repl("response_tokens = 5", "response_tokens = -5"), "Invalid response_tokens", 17, 21},
+		{"image_every", repl("image_every     = 2", "image_every     = -1"), "Invalid image_every", 18, 21},
+		{"too many sessions", repl("sessions        = 3", "sessions        = 1e9"), "Invalid sessions", 13, 21},
+		{"too long", repl("system_tokens   = 40", "system_tokens   = 1e12"), "Invalid system_tokens", 15, 21},
+		{"conversation too long", repl("turns           = 3", "turns           = 100000"), "Invalid turns", 14, 21},
+		{"huge image", repl("[1, 2, 3]", "[4294967296, 4294967296, 4]"), "Invalid image_grid", 19, 21},
+		{"conversations too large", strings.Replace(repl("sessions        = 3", "sessions        = 1000000"), "system_tokens   = 40", "system_tokens   = 1000", 1), "Invalid sessions", 13, 21},
+		{"missing align", tiny + "stages = [\"fetch\", \"attend\", \"evict\"]\n", "Missing stage", 27, 20},
+		{"missing attend", tiny + "stages = [\"fetch\", \"align\", \"evict\"]\n", "Missing stage", 27, 29},
+		{"out of order", tiny + "stages = [\"fetch\", \"evict\", \"prefetch\", \"align\", \"attend\"]\n", "Stages out of order", 27, 50},
 		{"dtype", repl(`dtype        = "bf16"`, `dtype        = "int3"`), "Invalid dtype", 24, 18},
 		{"capacity below a page", repl(`"64MiB"`, `"512"`), "Capacity below one page", 25, 28},
 		{"prefill_chunk", repl("prefill_chunk   = 16", "prefill_chunk   = 12"), "Invalid prefill_chunk", 20, 21},
@@ -142,6 +164,35 @@ func TestBuildDiagnostics(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A source whose settings fail with a plain error gets a diagnostic at its
+// block.
+func TestBuildInvalidSettings(t *testing.T) {
+	reg := DefaultRegistry()
+	type settings struct {
+		N int `hcl:"n,optional"`
+	}
+	err := RegisterSource(reg, "picky", func() settings { return settings{} }, func(s settings) (Source, error) {
+		return nil, fmt.Errorf("n = %d is not prime", s.N)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := "model {\n  preset = \"qwen3-vl-2b\"\n}\nsource \"picky\" {\n  n = 4\n}\ncache {\n  block_tokens = 8\n  tier \"host\" { capacity = \"1GiB\" }\n}\n"
+	cf, diags := config.Load("p.hcl", []byte(src), nil)
+	if diags.HasErrors() {
+		t.Fatal(diags)
+	}
+	_, diags = Build(cf, reg)
+	if len(diags) != 1 || diags[0].Summary != "Invalid settings" || diags[0].Subject.Start.Line != 4 || !strings.Contains(diags[0].Detail, "not prime") {
+		t.Fatalf("diagnostics %v", diags)
+	}
+}
+
+// withModel returns tiny with its model block's body replaced.
+func withModel(body string) string {
+	return "\nmodel {\n  " + body + "\n}\n" + tiny[strings.Index(tiny, "source"):]
 }
 
 func TestRegistryDuplicate(t *testing.T) {

@@ -38,6 +38,14 @@ func DefaultChatSettings() ChatSettings {
 		ImageEvery: 2, ImageGrid: []int{1, 8, 8}, WarmSystem: true, Seed: 1}
 }
 
+// Bounds of the chat workload, so that a typo cannot exhaust memory.
+const (
+	maxSessions    = 1 << 20
+	maxChatTokens  = 1 << 20 // tokens of any one request
+	maxImageTokens = 1 << 16
+	maxChatMemory  = 4 << 30 // conversations kept by the source
+)
+
 // Qwen3-VL special tokens.
 const (
 	tokIMStart     = 151644
@@ -60,19 +68,46 @@ type Chat struct{ s ChatSettings }
 func NewChat(s ChatSettings) (*Chat, error) {
 	switch {
 	case s.Sessions < 1:
-		return nil, Setting("sessions", "%d: must be at least 1", s.Sessions)
+		return nil, SettingErrorf("sessions", "%d: must be at least 1", s.Sessions)
 	case s.Turns < 1:
-		return nil, Setting("turns", "%d: must be at least 1", s.Turns)
+		return nil, SettingErrorf("turns", "%d: must be at least 1", s.Turns)
 	case s.SystemTokens < 0:
-		return nil, Setting("system_tokens", "%d: must not be negative", s.SystemTokens)
+		return nil, SettingErrorf("system_tokens", "%d: must not be negative", s.SystemTokens)
 	case s.UserTokens < 1:
-		return nil, Setting("user_tokens", "%d: must be at least 1", s.UserTokens)
+		return nil, SettingErrorf("user_tokens", "%d: must be at least 1", s.UserTokens)
 	case s.ResponseTokens < 0:
-		return nil, Setting("response_tokens", "%d: must not be negative", s.ResponseTokens)
+		return nil, SettingErrorf("response_tokens", "%d: must not be negative", s.ResponseTokens)
 	case s.ImageEvery < 0:
-		return nil, Setting("image_every", "%d: must not be negative", s.ImageEvery)
+		return nil, SettingErrorf("image_every", "%d: must not be negative", s.ImageEvery)
 	case s.ImageEvery > 0 && (len(s.ImageGrid) != 3 || s.ImageGrid[0] < 1 || s.ImageGrid[1] < 1 || s.ImageGrid[2] < 1):
-		return nil, Setting("image_grid", "%v: want three positive sizes [t, h, w]", s.ImageGrid)
+		return nil, SettingErrorf("image_grid", "%v: want three positive sizes [t, h, w]", s.ImageGrid)
+	case s.Sessions > maxSessions:
+		return nil, SettingErrorf("sessions", "%d: at most %d", s.Sessions, maxSessions)
+	case s.ImageEvery > 0 && (s.ImageGrid[0] > maxChatTokens || s.ImageGrid[1] > maxChatTokens || s.ImageGrid[2] > maxChatTokens ||
+		s.ImageGrid[0]*s.ImageGrid[1]*s.ImageGrid[2] > maxImageTokens):
+		return nil, SettingErrorf("image_grid", "%v: an image takes at most %d tokens", s.ImageGrid, maxImageTokens)
+	}
+	for _, f := range []struct {
+		name string
+		v    int
+	}{{"turns", s.Turns}, {"system_tokens", s.SystemTokens}, {"user_tokens", s.UserTokens}, {"response_tokens", s.ResponseTokens}} {
+		if f.v > maxChatTokens {
+			return nil, SettingErrorf(f.name, "%d: at most %d", f.v, maxChatTokens)
+		}
+	}
+	// The longest request is a session's last turn: the whole conversation.
+	perTurn := s.UserTokens + s.ResponseTokens + 4 // <|im_start|>, <|im_end|><|im_start|>, <|im_end|>
+	if s.ImageEvery > 0 {
+		perTurn += s.ImageGrid[0]*s.ImageGrid[1]*s.ImageGrid[2] + 2
+	}
+	longest := s.SystemTokens + 2 + s.Turns*perTurn
+	if longest > maxChatTokens {
+		return nil, SettingErrorf("turns", "a session's last request would hold %d tokens; at most %d", longest, maxChatTokens)
+	}
+	// Every session's conversation is kept: a token id and three positions.
+	if mem := int64(s.Sessions) * int64(longest) * 28; mem > maxChatMemory {
+		return nil, SettingErrorf("sessions", "%d sessions of up to %d tokens would hold %d MiB of conversation; at most %d MiB",
+			s.Sessions, longest, mem>>20, maxChatMemory>>20)
 	}
 	return &Chat{s: s}, nil
 }
@@ -172,7 +207,7 @@ func (b *builder) image(grid []int, hash uint64) {
 			}
 		}
 	}
-	b.images = append(b.images, ImageRun{Start: start, Len: t * h * w, Hash: hash})
+	b.images = append(b.images, ImageRun{Start: start, Len: t * h * w, Hash: hash, Grid: [3]int{t, h, w}})
 	b.next += int64(max(t, h, w))
 	b.text([]int32{tokVisionEnd})
 }

@@ -1,7 +1,9 @@
 package stages
 
 import (
+	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 
 	"github.com/hashicorp/go-hclog"
@@ -12,7 +14,8 @@ import (
 
 // Env is what the stages of one run share: the model's layers, the KV cache
 // manager, the page geometry and the run's counters. It is safe for
-// concurrent use.
+// concurrent use. Its exported fields are set by NewEnv and must not change
+// afterwards: the layers and pages are built to them.
 type Env struct {
 	// Model is the attention geometry; Model.NumLayers layers run.
 	Model model.Config
@@ -29,6 +32,11 @@ type Env struct {
 	Log hclog.Logger
 
 	layers []*model.Attention
+
+	mu sync.Mutex
+	// live holds the sequences whose pins are taken, so that a failed or
+	// cancelled run can return them. Guarded by mu.
+	live map[*Sequence]struct{}
 
 	requests       atomic.Int64
 	promptTokens   atomic.Int64
@@ -84,6 +92,39 @@ func NewEnv(o EnvOptions) (*Env, error) {
 		e.layers = append(e.layers, a)
 	}
 	return e, nil
+}
+
+// track registers a sequence whose lease holds pins.
+func (e *Env) track(seq *Sequence) {
+	e.mu.Lock()
+	if e.live == nil {
+		e.live = map[*Sequence]struct{}{}
+	}
+	e.live[seq] = struct{}{}
+	e.mu.Unlock()
+}
+
+// finish releases a sequence's pins and forgets it.
+func (e *Env) finish(seq *Sequence) error {
+	e.mu.Lock()
+	delete(e.live, seq)
+	e.mu.Unlock()
+	return seq.release()
+}
+
+// ReleaseAll returns the pins of every sequence still holding some: after a
+// failed or cancelled run, the requests in flight never reached their last
+// step.
+func (e *Env) ReleaseAll() error {
+	e.mu.Lock()
+	live := e.live
+	e.live = nil
+	e.mu.Unlock()
+	var errs []error
+	for seq := range live {
+		errs = append(errs, seq.release())
+	}
+	return errors.Join(errs...)
 }
 
 // Layer returns the attention of layer l.

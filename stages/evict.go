@@ -18,7 +18,7 @@ type EvictSettings struct {
 // Validate implements Validator.
 func (s EvictSettings) Validate() error {
 	if s.Policy != "lru" {
-		return Setting("policy", "%q: the available policy is \"lru\"", s.Policy)
+		return SettingErrorf("policy", "%q: the available policy is \"lru\"", s.Policy)
 	}
 	return nil
 }
@@ -42,7 +42,7 @@ func (e *Evict) Process(ctx context.Context, s *Step) (*Step, error) {
 		}
 	}
 	if s.Last {
-		if err := s.Seq.release(); err != nil {
+		if err := e.env.finish(s.Seq); err != nil {
 			return nil, err
 		}
 	}
@@ -55,7 +55,9 @@ func (e *Evict) commit(s *Step) error {
 	seq, b := s.Seq, e.env.BlockTokens
 	seq.mu.Lock()
 	defer seq.mu.Unlock()
-	full := min(s.End/b, len(seq.Keys), len(seq.pages[s.Layer]))
+	// Only blocks whose every token attend has written: a page is never
+	// written after it is stored.
+	full := min(seq.written[s.Layer]/b, len(seq.Keys), len(seq.pages[s.Layer]))
 	for i := seq.committed[s.Layer]; i < full; i++ {
 		pg := seq.pages[s.Layer][i]
 		if pg.Key != (storage.PageKey{Block: seq.Keys[i], Layer: s.Layer}) {
@@ -74,6 +76,14 @@ func (e *Evict) commit(s *Step) error {
 	}
 	seq.committed[s.Layer] = max(seq.committed[s.Layer], full)
 	return nil
+}
+
+// wrote records that attend has written the K/V of the first end tokens of
+// layer.
+func (seq *Sequence) wrote(layer, end int) {
+	seq.mu.Lock()
+	seq.written[layer] = max(seq.written[layer], end)
+	seq.mu.Unlock()
 }
 
 // release returns the sequence's pins; it is idempotent.

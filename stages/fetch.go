@@ -43,7 +43,9 @@ func (f *Fetch) Process(ctx context.Context, s *Step) (*Step, error) {
 func (f *Fetch) lookup(r *Request, seq *Sequence) error {
 	b := f.env.BlockTokens
 	seq.Keys = BlockKeys(r, b)
+	seq.mu.Lock()
 	seq.Lease = f.env.Manager.NewLease()
+	seq.mu.Unlock()
 	// Reuse at most the blocks before the last prompt token: that token must
 	// be computed to produce the first output.
 	usable := min(len(seq.Keys), (r.PromptLen-1)/b)
@@ -59,9 +61,11 @@ func (f *Fetch) lookup(r *Request, seq *Sequence) error {
 	}
 	for l := range seq.committed {
 		seq.committed[l] = len(prefix)
+		seq.written[l] = len(prefix) * b
 	}
 	seq.mu.Unlock()
 	seq.CachedTokens = len(prefix) * b
+	f.env.track(seq)
 	f.env.requests.Add(1)
 	f.env.promptTokens.Add(int64(r.PromptLen))
 	f.env.cachedTokens.Add(int64(seq.CachedTokens))
@@ -69,8 +73,8 @@ func (f *Fetch) lookup(r *Request, seq *Sequence) error {
 }
 
 // BlockKeys returns the chained keys of r's full blocks of b tokens: each
-// key hashes its parent's key, the block's token ids and the content hashes
-// of the images whose tokens fall in the block.
+// key hashes its parent's key, the block's token ids and the content hash and
+// grid of every image whose tokens fall in the block.
 func BlockKeys(r *Request, b int) []storage.BlockKey {
 	n := len(r.Tokens) / b
 	keys := make([]storage.BlockKey, n)
@@ -81,7 +85,7 @@ func BlockKeys(r *Request, b int) []storage.BlockKey {
 		extra = extra[:0]
 		for _, im := range r.Images {
 			if im.Start < hi && im.Start+im.Len > lo {
-				extra = append(extra, im.Hash)
+				extra = append(extra, im.Hash, uint64(im.Grid[0])<<42|uint64(im.Grid[1])<<21|uint64(im.Grid[2]))
 			}
 		}
 		parent = storage.ChainKey(parent, r.Tokens[lo:hi], extra)

@@ -34,11 +34,14 @@ type SettingError struct {
 	Err  error
 }
 
+// Error returns "attr: cause".
 func (e *SettingError) Error() string { return e.Attr + ": " + e.Err.Error() }
+
+// Unwrap returns the cause.
 func (e *SettingError) Unwrap() error { return e.Err }
 
-// Setting returns a SettingError for attr.
-func Setting(attr, format string, args ...any) error {
+// SettingErrorf returns a SettingError for attr, formatting its cause.
+func SettingErrorf(attr, format string, args ...any) error {
 	return &SettingError{Attr: attr, Err: fmt.Errorf(format, args...)}
 }
 

@@ -140,11 +140,11 @@ func (r *Report) WriteText(w io.Writer) error {
 	}
 	fmt.Fprintln(w)
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "tier\tcapacity\tused\tpeak\thits\tmisses\tread\twritten\tevictions\t")
+	fmt.Fprintln(tw, "tier\tcapacity\tused\tpeak\tpages\thits\tmisses\tread\tpages in\twritten\tevictions\t")
 	for _, t := range r.Tiers {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%d\t\n", t.Name,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\t%d\t%s\t%d\t\n", t.Name,
 			humanize.IBytes(uint64(t.CapacityBytes)), humanize.IBytes(uint64(t.UsedBytes)), humanize.IBytes(uint64(t.PeakBytes)),
-			t.Hits, t.Misses, humanize.IBytes(t.BytesRead), humanize.IBytes(t.BytesWritten), t.Evictions)
+			t.Pages, t.Hits, t.Misses, humanize.IBytes(t.BytesRead), t.PagesWritten, humanize.IBytes(t.BytesWritten), t.Evictions)
 	}
 	if err := tw.Flush(); err != nil {
 		return err

@@ -24,7 +24,11 @@ type Request struct {
 	// Images are the runs of image tokens, whose content hashes enter the
 	// keys of the blocks they fall in.
 	Images []ImageRun
-	// Done, if not nil, is closed when the request has left the pipeline.
+	// Done, if not nil, is closed by Plan.Run once the request's last step
+	// has left the chain. Sources use it to hold back work that depends on
+	// the request (the chat source issues a session's next turn after it).
+	// Code that runs steps through a chain of its own, without Plan.Run,
+	// must close it after the last step, or such a source waits forever.
 	Done chan struct{}
 }
 
@@ -33,6 +37,10 @@ type ImageRun struct {
 	Start, Len int
 	// Hash is the image's content hash.
 	Hash uint64
+	// Grid is the image's token grid (t, h, w) after spatial merging. It
+	// enters the block keys with Hash: the same image resized to another
+	// grid has other tokens and other positions after it.
+	Grid [3]int
 }
 
 // Validate reports a malformed request.
@@ -113,9 +121,14 @@ type Sequence struct {
 	// committed[layer] counts the leading blocks evict has offered to the
 	// cache. Guarded by mu.
 	committed []int
-	released  bool // guarded by mu
+	// written[layer] is the number of leading tokens whose K/V are in the
+	// pages: cached, or written by attend. Only blocks below it may be
+	// committed, whatever order a custom chain runs the stages in. Guarded
+	// by mu.
+	written  []int
+	released bool // guarded by mu
 }
 
 func newSequence(layers int) *Sequence {
-	return &Sequence{pages: make([][]*storage.Page, layers), committed: make([]int, layers)}
+	return &Sequence{pages: make([][]*storage.Page, layers), committed: make([]int, layers), written: make([]int, layers)}
 }

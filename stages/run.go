@@ -70,12 +70,12 @@ func (p *Plan) Run(ctx context.Context, o RunOptions) (*Report, error) {
 		if o.OnStep != nil {
 			o.OnStep(s)
 		}
-		s.KV, s.Ready = nil, nil
+		s.KV, s.Ready, s.Out = nil, nil, nil
 		if !s.Last {
 			return nil
 		}
 		// The chain may end without evict: return the pins here too.
-		if err := s.Seq.release(); err != nil {
+		if err := env.finish(s.Seq); err != nil {
 			return err
 		}
 		if s.Req.Done != nil {
@@ -90,6 +90,9 @@ func (p *Plan) Run(ctx context.Context, o RunOptions) (*Report, error) {
 	runErr := pl.Run(ctx)
 	wall := time.Since(start)
 	stopProgress()
+	if err := env.ReleaseAll(); err != nil && runErr == nil {
+		runErr = err
+	}
 	return newReport(p, env, pl.Metrics(), mgr.Stats(), wall), runErr
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -25,8 +26,10 @@ func collect(t *testing.T, p *Plan) (*Report, map[string][]*Step) {
 	var mu sync.Mutex
 	steps := map[string][]*Step{}
 	rep, err := p.Run(context.Background(), RunOptions{OnStep: func(s *Step) {
+		c := *s // the sink drops the step's buffers after OnStep
+		c.Out = slices.Clone(s.Out)
 		mu.Lock()
-		steps[s.Req.ID] = append(steps[s.Req.ID], s)
+		steps[s.Req.ID] = append(steps[s.Req.ID], &c)
 		mu.Unlock()
 	}})
 	if err != nil {
@@ -252,9 +255,14 @@ func TestRunCancel(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var once sync.Once
-	_, err := p.Run(ctx, RunOptions{OnStep: func(*Step) { once.Do(cancel) }})
+	rep, err := p.Run(ctx, RunOptions{OnStep: func(*Step) { once.Do(cancel) }})
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("run error %v, want context.Canceled", err)
+	}
+	// Requests cut short never reached their last step: their pins must
+	// still have been returned.
+	if pinned := rep.Tiers[0].PinnedBytes; pinned != 0 {
+		t.Fatalf("%d bytes still pinned after a cancelled run", pinned)
 	}
 }
 
@@ -262,5 +270,38 @@ func TestStepString(t *testing.T) {
 	s := &Step{Req: &Request{ID: "r7"}, Layer: 3, Start: 64, End: 128}
 	if got := fmt.Sprint(s); got != "request r7 layer 3 prefill tokens [64,128)" {
 		t.Fatal(got)
+	}
+}
+
+// evict commits only pages attend has written, whatever the chain's order.
+func TestEvictCommitsOnlyWrittenPages(t *testing.T) {
+	env := testEnv(t)
+	r := textRequest("r", 9, 0) // two full blocks of 4 and one token
+	steps := env.Steps(r)
+	fetch, align, attend, evict := NewFetch(env), NewAlign(env), NewAttend(env), NewEvict(env)
+	ctx := context.Background()
+	s := steps[0] // layer 0, tokens [0,4)
+	for _, st := range []interface {
+		Process(context.Context, *Step) (*Step, error)
+	}{fetch, align, evict} {
+		var err error
+		if s, err = st.Process(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if c := env.Counters().CommittedPages; c != 0 {
+		t.Fatalf("evict committed %d pages attend had not written", c)
+	}
+	if _, err := attend.Process(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := evict.Process(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	if c := env.Counters().CommittedPages; c != 1 {
+		t.Fatalf("committed %d pages after attend wrote block 0, want 1", c)
+	}
+	if err := env.ReleaseAll(); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -95,6 +95,7 @@ func roundRobin(ctx context.Context, reqs <-chan *Request, maxActive int, env *E
 			if err := emit(steps[0]); err != nil {
 				return err
 			}
+			steps[0] = nil // downstream owns it now; let it go when done
 			if len(steps) > 1 {
 				next = append(next, steps[1:])
 			}

@@ -19,7 +19,7 @@ const (
 )
 
 const usage = `usage:
-  flow run FILE [--var name=value]... [--json PATH] [--log-level LEVEL]
+  flow run FILE [--var name=value]... [--json PATH] [--log-level LEVEL] [--progress DURATION]
   flow validate FILE [--var name=value]...
   flow verify [--block-tokens N] [--dtype f32|bf16] [--tolerance X] FIXTURE...
   flow version

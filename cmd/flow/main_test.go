@@ -25,7 +25,9 @@ func flow(t *testing.T, args ...string) (code int, stdout, stderr string) {
 func TestUsage(t *testing.T) {
 	for _, args := range [][]string{nil, {"frobnicate"}, {"run"}, {"run", "a.hcl", "b.hcl"}, {"validate"},
 		{"verify"}, {"run", "testdata/tiny.hcl", "--var", "novalue"}, {"run", "testdata/tiny.hcl", "--bogus"},
-		{"run", "testdata/tiny.hcl", "--log-level", "loud"}, {"verify", "--dtype", "int3", "x"}} {
+		{"run", "testdata/tiny.hcl", "--log-level", "loud"}, {"verify", "--dtype", "int3", "x"},
+		{"run", "testdata/tiny.hcl", "--progress", "1ns"}, {"run", "testdata/tiny.hcl", "--json", "/"},
+		{"verify", "--block-tokens", "100000000", "x"}, {"verify", "--tolerance", "NaN", "x"}, {"verify", "--tolerance", "-1", "x"}} {
 		if code, _, stderr := flow(t, args...); code != exitUsage || stderr == "" {
 			t.Errorf("flow %v: exit %d, stderr %q; want exit 2 with a message", args, code, stderr)
 		}
@@ -126,9 +128,9 @@ func TestRunWritesReport(t *testing.T) {
 }
 
 func TestRunBadJSONPath(t *testing.T) {
-	code, _, stderr := flow(t, "run", "testdata/tiny.hcl", "--json", filepath.Join(t.TempDir(), "no", "such", "dir.json"), "--log-level", "error")
-	if code != exitFailed || !strings.Contains(stderr, "--json") {
-		t.Fatalf("unwritable --json: exit %d, stderr %q", code, stderr)
+	code, out, stderr := flow(t, "run", "testdata/tiny.hcl", "--json", filepath.Join(t.TempDir(), "no", "such", "dir.json"), "--log-level", "error")
+	if code != exitUsage || !strings.Contains(stderr, "--json") || out != "" {
+		t.Fatalf("unwritable --json: exit %d, stdout %q, stderr %q; want exit 2 before running", code, out, stderr)
 	}
 }
 

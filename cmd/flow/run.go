@@ -33,10 +33,23 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "flow run: %v\n", err)
 		return exitUsage
 	}
+	if *progress != 0 && *progress < 100*time.Millisecond {
+		fmt.Fprintf(stderr, "flow run: --progress %v: want 0 (none) or at least 100ms\n", *progress)
+		return exitUsage
+	}
 	plan, diags := load(pos[0], vars)
 	writeDiags(stderr, diags)
 	if diags.HasErrors() {
 		return exitUsage
+	}
+	var jsonFile *os.File
+	if *jsonPath != "" {
+		// Open it now: a typo in the path should not cost a whole run.
+		if jsonFile, err = os.Create(*jsonPath); err != nil {
+			fmt.Fprintf(stderr, "flow run: --json: %v\n", err)
+			return exitUsage
+		}
+		defer jsonFile.Close()
 	}
 	log.Info("running", "pipeline", pos[0], "model", plan.ModelName, "layers", plan.Model.NumLayers)
 	report, runErr := plan.Run(ctx, stages.RunOptions{Log: log, Progress: *progress})
@@ -48,9 +61,9 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "flow run: writing the report: %v\n", err)
 			return exitFailed
 		}
-		if *jsonPath != "" {
-			if err := writeJSON(*jsonPath, report); err != nil {
-				fmt.Fprintf(stderr, "flow run: %v\n", err)
+		if jsonFile != nil {
+			if err := writeJSON(jsonFile, report); err != nil {
+				fmt.Fprintf(stderr, "flow run: --json %s: %v\n", *jsonPath, err)
 				return exitFailed
 			}
 		}
@@ -62,14 +75,9 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return exitOK
 }
 
-func writeJSON(path string, r *stages.Report) error {
-	f, err := os.Create(path)
-	if err != nil {
-		return fmt.Errorf("--json: %w", err)
-	}
+func writeJSON(f *os.File, r *stages.Report) error {
 	if err := r.WriteJSON(f); err != nil {
-		f.Close()
-		return fmt.Errorf("--json %s: %w", path, err)
+		return err
 	}
 	return f.Close()
 }

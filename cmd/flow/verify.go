@@ -3,10 +3,15 @@ package main
 import (
 	"fmt"
 	"io"
+	"math"
 	"slices"
 
 	"github.com/kvflow/kvflow/model"
 )
+
+// maxVerifyBlock bounds --block-tokens: pages far larger than any fixture's
+// sequence only waste memory.
+const maxVerifyBlock = 1 << 12
 
 func verifyCmd(args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("verify", stderr)
@@ -22,8 +27,16 @@ func verifyCmd(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	dtype, err := model.ParseDType(*dtypeName)
-	if err != nil || *block < 1 {
-		fmt.Fprintf(stderr, "flow verify: --dtype %q, --block-tokens %d: want f32, bf16 or f16 and a positive block\n", *dtypeName, *block)
+	if err != nil {
+		fmt.Fprintf(stderr, "flow verify: --dtype %q: want f32, bf16 or f16\n", *dtypeName)
+		return exitUsage
+	}
+	if *block < 1 || *block > maxVerifyBlock {
+		fmt.Fprintf(stderr, "flow verify: --block-tokens %d: want 1 to %d\n", *block, maxVerifyBlock)
+		return exitUsage
+	}
+	if !(*tol >= 0) || math.IsInf(*tol, 0) {
+		fmt.Fprintf(stderr, "flow verify: --tolerance %v: want a finite number >= 0\n", *tol)
 		return exitUsage
 	}
 	code := exitOK
