@@ -134,35 +134,42 @@ func TestSinkError(t *testing.T) {
 	}
 }
 
+// Named panicking functions, so that the tests can look for them in the stack.
+
+func explodeOnThird(_ context.Context, it item) (item, error) {
+	if it.seq == 3 {
+		var m map[string]int
+		m["x"] = 1 // a runtime error panic
+	}
+	return it, nil
+}
+
+func panicGen(context.Context, func(item) error) error { panic("no input") }
+
+func panicKey(item) string { panic("bad key") }
+
+func panicSink(context.Context, item) error { panic(errBoom) }
+
 func TestPanicsBecomeErrors(t *testing.T) {
 	defer goleak.VerifyNone(t)
 	nop := func(context.Context, item) error { return nil }
 	for _, tc := range []struct {
-		stage string
-		build func(p *pipeline.Pipeline)
+		stage, fn, msg string // msg: the whole Error() text
+		build          func(p *pipeline.Pipeline)
 	}{
-		{"explode", func(p *pipeline.Pipeline) {
+		{"explode", "explodeOnThird", "", func(p *pipeline.Pipeline) {
 			n := pipeline.Source(p, "src", keyOf, endless)
-			n = pipeline.Then(n, pipeline.StageFunc("explode", func(_ context.Context, it item) (item, error) {
-				if it.seq == 3 {
-					var m map[string]int
-					m["x"] = 1 // a runtime error panic
-				}
-				return it, nil
-			}), pipeline.Options{Workers: 4})
+			n = pipeline.Then(n, pipeline.StageFunc("explode", explodeOnThird), pipeline.Options{Workers: 4})
 			pipeline.Sink(n, "sink", nop)
 		}},
-		{"src", func(p *pipeline.Pipeline) {
-			n := pipeline.Source(p, "src", keyOf, func(context.Context, func(item) error) error { panic("no input") })
-			pipeline.Sink(n, "sink", nop)
+		{"src", "panicGen", `stage "src": stage panicked: no input`, func(p *pipeline.Pipeline) {
+			pipeline.Sink(pipeline.Source(p, "src", keyOf, panicGen), "sink", nop)
 		}},
-		{"src", func(p *pipeline.Pipeline) {
-			badKey := func(item) string { panic("bad key") }
-			pipeline.Sink(pipeline.Source(p, "src", badKey, endless), "sink", nop)
+		{"src", "panicKey", `stage "src": stage panicked: bad key`, func(p *pipeline.Pipeline) {
+			pipeline.Sink(pipeline.Source(p, "src", panicKey, endless), "sink", nop)
 		}},
-		{"sink", func(p *pipeline.Pipeline) {
-			n := pipeline.Source(p, "src", keyOf, endless)
-			pipeline.Sink(n, "sink", func(context.Context, item) error { panic(errBoom) })
+		{"sink", "panicSink", `stage "sink": k0#0: stage panicked: boom`, func(p *pipeline.Pipeline) {
+			pipeline.Sink(pipeline.Source(p, "src", keyOf, endless), "sink", panicSink)
 		}},
 	} {
 		p := pipeline.New()
@@ -172,9 +179,38 @@ func TestPanicsBecomeErrors(t *testing.T) {
 		if se.Stage != tc.stage || !errors.Is(err, pipeline.ErrPanic) {
 			t.Errorf("got %v, want a panic in %q", err, tc.stage)
 		}
-		if !strings.Contains(err.Error(), "errors_test.go") {
-			t.Errorf("panic error lacks the panicking frame:\n%v", err)
+		msg := err.Error()
+		if strings.ContainsAny(msg, "\r\n") {
+			t.Errorf("%s: Error() is more than one line: %q", tc.fn, msg)
 		}
+		if tc.msg != "" && msg != tc.msg {
+			t.Errorf("%s: Error() = %q, want %q", tc.fn, msg, tc.msg)
+		}
+		var pe *pipeline.PanicError
+		if !errors.As(err, &pe) {
+			t.Errorf("%s: %v is not a *PanicError", tc.fn, err)
+			continue
+		}
+		if !strings.Contains(pe.Stack, "pipeline_test."+tc.fn) || !strings.Contains(pe.Stack, "errors_test.go:") {
+			t.Errorf("%s: the stack lacks the panicking function:\n%s", tc.fn, pe.Stack)
+		}
+	}
+}
+
+func TestPanicErrorFormat(t *testing.T) {
+	pe := &pipeline.PanicError{Value: "line 1\nline 2", Stack: "main.f\n\tf.go:1"}
+	if got, want := pe.Error(), `stage panicked: line 1\nline 2`; got != want {
+		t.Errorf("Error() = %q, want %q", got, want)
+	}
+	if !errors.Is(pe, pipeline.ErrPanic) || errors.Is(pe, errBoom) {
+		t.Errorf("a PanicError with a string value must wrap ErrPanic only")
+	}
+	pe = &pipeline.PanicError{Value: errBoom}
+	if got, want := pe.Error(), "stage panicked: boom"; got != want {
+		t.Errorf("Error() = %q, want %q", got, want)
+	}
+	if !errors.Is(pe, pipeline.ErrPanic) || !errors.Is(pe, errBoom) {
+		t.Errorf("a PanicError with an error value must wrap ErrPanic and the value")
 	}
 }
 

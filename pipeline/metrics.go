@@ -11,7 +11,8 @@ import (
 // Busy and the latencies cover every call, and QueueWait is the time from an item's arrival at
 // the stage to the start of its Process. For the source, Items counts emitted items, Errors is
 // 1 if gen failed, and the durations are zero. For the sink, they describe the calls of fn and
-// QueueWait is zero. Errors caused by the run's own cancellation (an error wrapping the
+// QueueWait is zero. For a [Via] node, Items counts the outputs of its Flow passed on, Errors
+// the outputs rejected, and Workers, Queue and the durations are zero. Errors caused by the run's own cancellation (an error wrapping the
 // context's error, returned once the run is being cancelled) are not counted.
 type StageMetrics struct {
 	Name          string

@@ -7,8 +7,8 @@ import (
 
 // Node is a typed handle on the output of a source or stage; composing with Then checks types at compile time.
 //
-// Nodes are made by Source and Then. A pipeline is a single chain, so each node can be
-// extended once, by Then or by Sink.
+// Nodes are made by Source, Then and Via. A pipeline is a single chain, so each node can be
+// extended once, by Then, Via or Sink.
 type Node[T any] struct {
 	p  *Pipeline
 	id int // position in the chain: 0 is the source, i the i-th stage
@@ -16,7 +16,7 @@ type Node[T any] struct {
 
 // envelope is what travels through the go-streams channels between nodes: the item plus the
 // metadata the engine needs, so user types stay free of it. Keys are assigned at the source and
-// never change.
+// kept by every stage; a Via node assigns new ones to the items its Flow emits.
 type envelope[T any] struct {
 	key     string
 	arrived time.Duration // monotonic, see now; set by a stage's dispatcher when the item enters its queue

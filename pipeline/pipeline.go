@@ -11,7 +11,7 @@ import (
 
 // Pipeline is a graph of one source, a chain of stages and one sink. Build it, then Run it once.
 //
-// Building (Source, Then, Sink) and Run may be called from different goroutines. Nodes added
+// Building (Source, Then, Via, Sink) and Run may be called from different goroutines. Nodes added
 // after Run has started are ignored: the graph is frozen when it starts. Metrics may be called
 // at any time.
 type Pipeline struct {
@@ -21,6 +21,7 @@ type Pipeline struct {
 	sink   sinkRunner
 	err    error // first build error; Run returns it
 	ran    bool  // Run has started; the graph is frozen from then on
+	freed  bool  // the Flows of Via nodes were released because of a build error
 }
 
 // The unexported runner interfaces are what Run needs from the typed nodes: the go-streams
@@ -45,6 +46,10 @@ type (
 		metered
 		start(r *run)
 	}
+	// releaser is a node holding resources that must be freed if the pipeline never runs.
+	releaser interface {
+		release()
+	}
 )
 
 // New returns an empty pipeline.
@@ -55,6 +60,8 @@ func New() *Pipeline { return &Pipeline{} }
 // It returns nil, the first *StageError, or ctx.Err() (wrapped) if the caller cancelled.
 // Calling Run twice, or on an incomplete graph (no source/sink), returns an error (ErrAlreadyRun / ErrIncomplete).
 // An incomplete graph does not use up the pipeline's one run: it can be completed and run.
+// A graph with a build error (ErrInvalidGraph) can never run: Run returns that error and ends
+// the go-streams Flows given to Via (see [Via]).
 func (p *Pipeline) Run(ctx context.Context) error {
 	p.mu.Lock()
 	switch {
@@ -62,8 +69,21 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		p.mu.Unlock()
 		return ErrAlreadyRun
 	case p.err != nil:
+		var free []releaser
+		if !p.freed {
+			p.freed = true
+			for _, s := range p.stages {
+				if r, ok := s.(releaser); ok {
+					free = append(free, r)
+				}
+			}
+		}
+		err := p.err
 		p.mu.Unlock()
-		return p.err
+		for _, r := range free {
+			r.release() // outside the lock: it runs the Flow's code
+		}
+		return err
 	case p.source == nil || p.sink == nil:
 		p.mu.Unlock()
 		return ErrIncomplete

@@ -25,8 +25,10 @@ type stageFunc[In, Out any] struct {
 	fn   func(context.Context, In) (Out, error)
 }
 
+// Name returns the name given to StageFunc.
 func (s stageFunc[In, Out]) Name() string { return s.name }
 
+// Process calls the function given to StageFunc.
 func (s stageFunc[In, Out]) Process(ctx context.Context, in In) (Out, error) {
 	return s.fn(ctx, in)
 }
