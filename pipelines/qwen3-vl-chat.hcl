@@ -19,7 +19,7 @@ variable "turns" {
 }
 
 variable "host_capacity" {
-  default     = "256MiB"
+  default     = "16MiB"
   description = "Host-memory tier capacity."
 }
 

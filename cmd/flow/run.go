@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"github.com/hashicorp/hcl/v2"
 
 	"github.com/kvflow/kvflow/config"
+	"github.com/kvflow/kvflow/pipeline"
 	"github.com/kvflow/kvflow/stages"
 )
 
@@ -69,6 +71,9 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	if runErr != nil {
+		if pe, ok := errors.AsType[*pipeline.PanicError](runErr); ok {
+			log.Debug("stage panicked", "stack", pe.Stack)
+		}
 		fmt.Fprintf(stderr, "flow run: %s: %v\n", pos[0], runErr)
 		return exitFailed
 	}
