@@ -203,6 +203,11 @@ func (p *Plan) cache(c *config.Cache) hcl.Diagnostics {
 		}
 		n, _ := config.ParseSize(t.Capacity) // checked by config
 		p.HostCapacity = n
+		// The host tier holds its pages in process memory.
+		if avail := availableMemory(); avail > 0 && n > avail {
+			return hcl.Diagnostics{config.ErrorAt(config.AttrRange(t.Body, "capacity", t.DeclRange), "Capacity exceeds memory",
+				fmt.Sprintf("the host tier's capacity %s is more than the %s of memory available.", humanize.IBytes(uint64(n)), humanize.IBytes(uint64(avail))))}
+		}
 		if p.Model.HiddenSize > 0 {
 			page := int64(2 * p.Model.NumKVHeads * c.BlockTokens * p.Model.HeadDim * p.DType.Size())
 			if n < page {

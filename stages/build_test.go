@@ -195,6 +195,16 @@ func withModel(body string) string {
 	return "\nmodel {\n  " + body + "\n}\n" + tiny[strings.Index(tiny, "source"):]
 }
 
+func TestBuildCapacityBeyondMemory(t *testing.T) {
+	if availableMemory() == 0 {
+		t.Skip("no /proc/meminfo: available memory unknown")
+	}
+	_, diags := plan(t, strings.Replace(tiny, `"64MiB"`, `"1EiB"`, 1), nil)
+	if len(diags) != 1 || diags[0].Summary != "Capacity exceeds memory" || diags[0].Subject.Start.Line != 25 {
+		t.Fatalf("diagnostics %v", diags)
+	}
+}
+
 func TestRegistryDuplicate(t *testing.T) {
 	r := DefaultRegistry()
 	if err := RegisterSource(r, "synthetic_chat", DefaultChatSettings, func(s ChatSettings) (Source, error) { return NewChat(s) }); err == nil {
