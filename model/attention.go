@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"math"
 	"sync"
+
+	"github.com/kvflow/kvflow/tensor"
 )
 
 // ErrShortKV is wrapped by the errors of Forward (and PagedKV methods) when
@@ -269,7 +271,7 @@ func (a *Attention) fold(q, kp, vp, scores, acc []float32, m, l *float32) {
 // into buf.
 func pageHead(dt DType, src []byte, buf []float32) []float32 {
 	if dt == F32 {
-		if v, ok := f32View(src, len(buf)); ok {
+		if v, ok := tensor.ViewF32(src, len(buf)); ok {
 			return v
 		}
 	}

@@ -1,4 +1,4 @@
-package model
+package tensor
 
 import (
 	"math"
@@ -96,7 +96,7 @@ func TestF16(t *testing.T) {
 	s := uint64(1)
 	for range 200000 {
 		s += 0x9e3779b97f4a7c15
-		r := mix64(s)
+		r := splitmix(s)
 		// Exponents around the half range, including subnormals and overflow.
 		f := math.Float32frombits(uint32(r)&0x807fffff | uint32(96+r>>32%48)<<23)
 		h := F16FromF32(f)
@@ -161,4 +161,23 @@ func TestEncodeDecode(t *testing.T) {
 			}
 		}
 	}
+}
+
+// splitmix is SplitMix64's output function: a cheap, well-mixed stream for
+// test inputs.
+func splitmix(z uint64) uint64 {
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9
+	z = (z ^ (z >> 27)) * 0x94d049bb133111eb
+	return z ^ (z >> 31)
+}
+
+// randFloats returns n uniform floats in [-1, 1), a function of seed.
+func randFloats(n int, seed uint64) []float32 {
+	out := make([]float32, n)
+	s := splitmix(seed)
+	for i := range out {
+		s += 0x9e3779b97f4a7c15
+		out[i] = float32(splitmix(s)>>40)*(2.0/(1<<24)) - 1
+	}
+	return out
 }
