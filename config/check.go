@@ -74,6 +74,11 @@ func (c *Cache) check() hcl.Diagnostics {
 		diags = append(diags, errorAt(AttrRange(c.Body, "block_tokens", c.DeclRange), "Invalid block_tokens",
 			fmt.Sprintf("block_tokens = %d: must be between 1 and %d.", c.BlockTokens, MaxBlockTokens)))
 	}
+	if c.Pool != nil {
+		if _, err := ParseSize(*c.Pool); err != nil {
+			diags = append(diags, errorAt(AttrRange(c.Body, "pool", c.DeclRange), "Invalid pool", err.Error()+"."))
+		}
+	}
 	if len(c.Tiers) == 0 {
 		diags = append(diags, errorAt(c.DeclRange, "No cache tier", `The cache needs at least tier "host" { capacity = "..." }.`))
 	}

@@ -74,12 +74,18 @@ type Source struct {
 
 // Cache configures blocks, pages and tiers.
 type Cache struct {
-	BlockTokens int       `hcl:"block_tokens"`
-	DType       *string   `hcl:"dtype,optional"`
-	Tiers       []*Tier   `hcl:"tier,block"`
-	Body        hcl.Body  `hcl:",body"`
-	DeclRange   hcl.Range `hcl:",def_range"`
+	BlockTokens int     `hcl:"block_tokens"`
+	DType       *string `hcl:"dtype,optional"`
+	// Pool is the size of the arena that holds the pages of requests in
+	// flight until the tier copies them; it defaults to DefaultPool.
+	Pool      *string   `hcl:"pool,optional"`
+	Tiers     []*Tier   `hcl:"tier,block"`
+	Body      hcl.Body  `hcl:",body"`
+	DeclRange hcl.Range `hcl:",def_range"`
 }
+
+// DefaultPool is the size of the cache's working pool when a file sets none.
+const DefaultPool = "256MiB"
 
 // Tier is a `tier "name" { capacity = "2GiB" }` block.
 type Tier struct {

@@ -39,7 +39,11 @@ func (a *Align) Process(ctx context.Context, s *Step) (*Step, error) {
 		if i < len(seq.Keys) {
 			key = seq.Keys[i]
 		}
-		pages = append(pages, newPage(storage.PageKey{Block: key, Layer: s.Layer}, env.PageBytes()))
+		pg, err := env.newPage(seq, storage.PageKey{Block: key, Layer: s.Layer})
+		if err != nil {
+			return nil, err
+		}
+		pages = append(pages, pg)
 	}
 	seq.pages[s.Layer] = pages
 	kv := &model.PagedKV{
@@ -56,14 +60,16 @@ func (a *Align) Process(ctx context.Context, s *Step) (*Step, error) {
 	return s, nil
 }
 
-// newPage allocates a page whose K and V share one 64-byte aligned buffer.
-func newPage(key storage.PageKey, n int) *storage.Page {
-	const align = 64
-	buf := make([]byte, 2*n+align)
-	off := 0
-	if r := int(uintptrOf(buf) % align); r != 0 {
-		off = align - r
+// newPage allocates a page of the request's own from the pool: one tensor
+// [2][kv_heads][block_tokens][head_dim] whose halves are K and V. The
+// sequence owns it and frees it on release. Called with seq.mu held.
+func (e *Env) newPage(seq *Sequence, key storage.PageKey) (*storage.Page, error) {
+	m := e.Model
+	t, err := e.Pool.Alloc([]int{2, m.NumKVHeads, e.BlockTokens, m.HeadDim}, e.DType)
+	if err != nil {
+		return nil, fmt.Errorf("page for %s: %w (raise the cache's pool size or lower max_active)", key, err)
 	}
-	buf = buf[off : off+2*n : off+2*n]
-	return &storage.Page{Key: key, K: buf[:n:n], V: buf[n:]}
+	seq.owned = append(seq.owned, t)
+	n := len(t.Data) / 2
+	return &storage.Page{Key: key, K: t.Data[:n:n], V: t.Data[n:]}, nil
 }

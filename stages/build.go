@@ -33,8 +33,10 @@ type Plan struct {
 	MaxActive int
 	// HostCapacity is the host tier's capacity in bytes.
 	HostCapacity int64
-	Source       Source
-	Stages       []PlannedStage
+	// PoolBytes is the size of the working pool's arena.
+	PoolBytes int64
+	Source    Source
+	Stages    []PlannedStage
 }
 
 // PlannedStage is one stage of the chain, decoded but not yet constructed.
@@ -196,6 +198,23 @@ func (p *Plan) cache(c *config.Cache) hcl.Diagnostics {
 			return hcl.Diagnostics{config.ErrorAt(config.AttrRange(c.Body, "dtype", c.DeclRange), "Invalid dtype", err.Error()+".")}
 		}
 		p.DType = d
+	}
+	pool := config.DefaultPool
+	poolAt := c.DeclRange
+	if c.Pool != nil {
+		pool, poolAt = *c.Pool, config.AttrRange(c.Body, "pool", c.DeclRange)
+	}
+	p.PoolBytes, _ = config.ParseSize(pool) // checked by config
+	if p.Model.HiddenSize > 0 {
+		page := int64(2 * p.Model.NumKVHeads * c.BlockTokens * p.Model.HeadDim * p.DType.Size())
+		if p.PoolBytes < page {
+			return hcl.Diagnostics{config.ErrorAt(poolAt, "Pool below one page",
+				fmt.Sprintf("pool %d bytes is smaller than one page (%d bytes).", p.PoolBytes, page))}
+		}
+	}
+	if avail := availableMemory(); avail > 0 && p.PoolBytes > avail {
+		return hcl.Diagnostics{config.ErrorAt(poolAt, "Pool exceeds memory",
+			fmt.Sprintf("the pool of %s is more than the %s of memory available.", humanize.IBytes(uint64(p.PoolBytes)), humanize.IBytes(uint64(avail))))}
 	}
 	for _, t := range c.Tiers {
 		if t.Name != "host" {

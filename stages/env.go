@@ -28,6 +28,8 @@ type Env struct {
 	PrefillChunk int
 	// Manager is the KV cache manager.
 	Manager *storage.Manager
+	// Pool holds the pages requests compute until the tier copies them.
+	Pool *storage.Pool
 	// Log receives the stages' messages.
 	Log hclog.Logger
 
@@ -56,6 +58,7 @@ type EnvOptions struct {
 	// Seed makes the random weights of every layer.
 	Seed    uint64
 	Manager *storage.Manager
+	Pool    *storage.Pool
 	Log     hclog.Logger
 }
 
@@ -71,8 +74,8 @@ func NewEnv(o EnvOptions) (*Env, error) {
 	if o.PrefillChunk < o.BlockTokens || o.PrefillChunk%o.BlockTokens != 0 {
 		return nil, fmt.Errorf("prefill_chunk %d: must be a positive multiple of block_tokens (%d)", o.PrefillChunk, o.BlockTokens)
 	}
-	if o.Manager == nil {
-		return nil, fmt.Errorf("no KV manager")
+	if o.Manager == nil || o.Pool == nil {
+		return nil, fmt.Errorf("no KV manager or memory pool")
 	}
 	if o.Manager.Layers() != o.Model.NumLayers {
 		return nil, fmt.Errorf("KV manager has %d layers, model %d", o.Manager.Layers(), o.Model.NumLayers)
@@ -82,7 +85,7 @@ func NewEnv(o EnvOptions) (*Env, error) {
 	}
 	e := &Env{
 		Model: o.Model, DType: o.DType, BlockTokens: o.BlockTokens, PrefillChunk: o.PrefillChunk,
-		Manager: o.Manager, Log: o.Log,
+		Manager: o.Manager, Pool: o.Pool, Log: o.Log,
 	}
 	for l := range o.Model.NumLayers {
 		a, err := model.NewAttention(o.Model, model.RandomWeights(o.Model, l, o.Seed))

@@ -94,5 +94,10 @@ func (seq *Sequence) release() error {
 		return nil
 	}
 	seq.released = true
-	return seq.Lease.Release()
+	errs := []error{seq.Lease.Release()}
+	for _, t := range seq.owned {
+		errs = append(errs, seq.pool.Free(t))
+	}
+	seq.owned = nil
+	return errors.Join(errs...)
 }

@@ -19,7 +19,9 @@ func Example_compose() {
 		RopeTheta: 1e4, MRopeSection: [3]int{4, 2, 2}, RMSNormEps: 1e-6}
 	host, _ := storage.NewHostTier(storage.HostOptions{Capacity: 16 << 20})
 	mgr, _ := storage.NewManager(storage.ManagerOptions{Tier: host, Layers: cfg.NumLayers})
-	env, err := stages.NewEnv(stages.EnvOptions{Model: cfg, DType: model.BF16, BlockTokens: 8, PrefillChunk: 16, Manager: mgr})
+	arena, _ := storage.NewArena(storage.ArenaOptions{Size: 16 << 20})
+	env, err := stages.NewEnv(stages.EnvOptions{Model: cfg, DType: model.BF16, BlockTokens: 8, PrefillChunk: 16,
+		Manager: mgr, Pool: storage.NewPool(arena)})
 	if err != nil {
 		panic(err)
 	}
@@ -57,6 +59,7 @@ func Example_compose() {
 		}
 		return nil
 	})
+	defer env.ReleaseAll() // what the requests still hold, should the run fail
 	if err := p.Run(context.Background()); err != nil {
 		panic(err)
 	}

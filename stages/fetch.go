@@ -45,6 +45,7 @@ func (f *Fetch) lookup(r *Request, seq *Sequence) error {
 	seq.Keys = BlockKeys(r, b)
 	seq.mu.Lock()
 	seq.Lease = f.env.Manager.NewLease()
+	seq.pool = f.env.Pool
 	seq.mu.Unlock()
 	// Reuse at most the blocks before the last prompt token: that token must
 	// be computed to produce the first output.

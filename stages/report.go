@@ -32,6 +32,7 @@ type Report struct {
 	Pages           PageReport          `json:"pages"`
 	Stages          []StageReport       `json:"stages"`
 	Tiers           []storage.TierStats `json:"tiers"`
+	Memory          MemoryReport        `json:"memory"`
 	// Error is the run's error, if it failed.
 	Error string `json:"error,omitempty"`
 }
@@ -65,6 +66,35 @@ type PageReport struct {
 	CommitFailures int64 `json:"commit_failures"`
 }
 
+// MemoryReport describes kvflow's own memory: the host tier's arena and the
+// working pool's.
+type MemoryReport struct {
+	HostArena ArenaReport `json:"host_arena"`
+	Pool      ArenaReport `json:"pool"`
+	// PoolAllocs counts tensors the pool handed out; PoolFailures those it
+	// could not.
+	PoolAllocs   uint64 `json:"pool_allocs"`
+	PoolFailures uint64 `json:"pool_failures"`
+}
+
+// ArenaReport is one buddy-allocated arena.
+type ArenaReport struct {
+	SizeBytes        int64   `json:"size_bytes"`
+	UsedBytes        int64   `json:"used_bytes"`
+	PeakBytes        int64   `json:"peak_bytes"`
+	LargestFreeBytes int64   `json:"largest_free_bytes"`
+	Fragmentation    float64 `json:"fragmentation"`
+}
+
+func arenaReport(s storage.BuddyStats) ArenaReport {
+	return ArenaReport{SizeBytes: s.Size, UsedBytes: s.Used, PeakBytes: s.Peak, LargestFreeBytes: s.LargestFree, Fragmentation: s.Fragmentation}
+}
+
+func memoryReport(host *storage.HostTier, pool *storage.Pool) MemoryReport {
+	ps := pool.Stats()
+	return MemoryReport{HostArena: arenaReport(host.Arena()), Pool: arenaReport(ps.Arena), PoolAllocs: ps.Allocs, PoolFailures: ps.Failures}
+}
+
 // StageReport is one stage's line.
 type StageReport struct {
 	Name             string  `json:"name"`
@@ -80,7 +110,7 @@ type StageReport struct {
 	MaxMs            float64 `json:"max_ms"`
 }
 
-func newReport(p *Plan, env *Env, metrics []pipeline.StageMetrics, tiers []storage.TierStats, wall time.Duration) *Report {
+func newReport(p *Plan, env *Env, metrics []pipeline.StageMetrics, tiers []storage.TierStats, mem MemoryReport, wall time.Duration) *Report {
 	c := env.Counters()
 	secs := wall.Seconds()
 	r := &Report{
@@ -95,6 +125,7 @@ func newReport(p *Plan, env *Env, metrics []pipeline.StageMetrics, tiers []stora
 		PrefixHitRatio:  ratio(c.CachedTokens, c.PromptTokens),
 		Pages:           PageReport{Committed: c.CommittedPages, CommitFailures: c.CommitFailures},
 		Tiers:           tiers,
+		Memory:          mem,
 	}
 	if secs > 0 {
 		r.TokensPerSecond = float64(c.ComputedTokens) / secs
@@ -145,6 +176,19 @@ func (r *Report) WriteText(w io.Writer) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\t%d\t%s\t%d\t\n", t.Name,
 			humanize.IBytes(uint64(t.CapacityBytes)), humanize.IBytes(uint64(t.UsedBytes)), humanize.IBytes(uint64(t.PeakBytes)),
 			t.Pages, t.Hits, t.Misses, humanize.IBytes(t.BytesRead), t.PagesWritten, humanize.IBytes(t.BytesWritten), t.Evictions)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(w)
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "arena\tsize\tused\tpeak\tlargest free\tfragmentation\t")
+	for _, a := range []struct {
+		name string
+		a    ArenaReport
+	}{{"host tier", r.Memory.HostArena}, {"pool", r.Memory.Pool}} {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.3f\t\n", a.name, humanize.IBytes(uint64(a.a.SizeBytes)), humanize.IBytes(uint64(a.a.UsedBytes)),
+			humanize.IBytes(uint64(a.a.PeakBytes)), humanize.IBytes(uint64(a.a.LargestFreeBytes)), a.a.Fragmentation)
 	}
 	if err := tw.Flush(); err != nil {
 		return err

@@ -125,8 +125,12 @@ type Sequence struct {
 	// pages: cached, or written by attend. Only blocks below it may be
 	// committed, whatever order a custom chain runs the stages in. Guarded
 	// by mu.
-	written  []int
-	released bool // guarded by mu
+	written []int
+	// owned holds the pool tensors of the request's own pages, freed on
+	// release: the tier keeps copies of what it stores. Guarded by mu.
+	owned    []*storage.Tensor
+	pool     *storage.Pool // where owned came from
+	released bool          // guarded by mu
 }
 
 func newSequence(layers int) *Sequence {

@@ -31,7 +31,13 @@ func (p *Plan) Run(ctx context.Context, o RunOptions) (*Report, error) {
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
-	host, err := storage.NewHostTier(storage.HostOptions{Capacity: p.HostCapacity})
+	// Arenas are carved in blocks of one page where pages are small, and
+	// of 4 KiB otherwise: the allocator's metadata is 4 bytes a block.
+	minBlock := int64(64)
+	for minBlock < 4096 && minBlock < 2*int64(p.pageBytes()) {
+		minBlock <<= 1
+	}
+	host, err := storage.NewHostTier(storage.HostOptions{Capacity: p.HostCapacity, MinBlock: minBlock})
 	if err != nil {
 		return nil, err
 	}
@@ -39,9 +45,14 @@ func (p *Plan) Run(ctx context.Context, o RunOptions) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
+	arena, err := storage.NewArena(storage.ArenaOptions{Size: p.PoolBytes, MinBlock: minBlock})
+	if err != nil {
+		return nil, fmt.Errorf("pool: %w", err)
+	}
+	pool := storage.NewPool(arena)
 	t0 := time.Now()
 	env, err := NewEnv(EnvOptions{Model: p.Model, DType: p.DType, BlockTokens: p.BlockTokens,
-		PrefillChunk: p.PrefillChunk, Seed: p.Seed, Manager: mgr, Log: log})
+		PrefillChunk: p.PrefillChunk, Seed: p.Seed, Manager: mgr, Pool: pool, Log: log})
 	if err != nil {
 		return nil, err
 	}
@@ -93,7 +104,7 @@ func (p *Plan) Run(ctx context.Context, o RunOptions) (*Report, error) {
 	if err := env.ReleaseAll(); err != nil && runErr == nil {
 		runErr = err
 	}
-	return newReport(p, env, pl.Metrics(), mgr.Stats(), wall), runErr
+	return newReport(p, env, pl.Metrics(), mgr.Stats(), memoryReport(host, pool), wall), runErr
 }
 
 // progress logs a line every interval until the returned function is called.
@@ -133,4 +144,9 @@ func ratio(a, b int64) float64 {
 		return 0
 	}
 	return float64(a) / float64(b)
+}
+
+// pageBytes is the size of K (or V) of one page.
+func (p *Plan) pageBytes() int {
+	return p.Model.NumKVHeads * p.BlockTokens * p.Model.HeadDim * p.DType.Size()
 }

@@ -30,7 +30,8 @@ func testEnv(t *testing.T) *Env {
 	cfg := model.Config{HiddenSize: 16, NumHeads: 2, NumKVHeads: 1, HeadDim: 8, NumLayers: 2, RopeTheta: 1e4, MRopeSection: [3]int{2, 1, 1}, RMSNormEps: 1e-6}
 	host, _ := storage.NewHostTier(storage.HostOptions{Capacity: 1 << 20})
 	mgr, _ := storage.NewManager(storage.ManagerOptions{Tier: host, Layers: 2})
-	env, err := NewEnv(EnvOptions{Model: cfg, DType: model.BF16, BlockTokens: 4, PrefillChunk: 4, Manager: mgr})
+	arena, _ := storage.NewArena(storage.ArenaOptions{Size: 1 << 20})
+	env, err := NewEnv(EnvOptions{Model: cfg, DType: model.BF16, BlockTokens: 4, PrefillChunk: 4, Manager: mgr, Pool: storage.NewPool(arena)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -46,12 +46,12 @@ func TestChainKey(t *testing.T) {
 
 func TestHostTierLRU(t *testing.T) {
 	var evicted []PageKey
-	h, err := NewHostTier(HostOptions{Capacity: 300, OnEvict: func(p *Page) { evicted = append(evicted, p.Key) }})
+	h, err := NewHostTier(HostOptions{MinBlock: 64, Capacity: 384, OnEvict: func(p *Page) { evicted = append(evicted, p.Key) }})
 	if err != nil {
 		t.Fatal(err)
 	}
 	for i := range 3 {
-		if _, err := h.Put(page(BlockKey(i), 0, 100)); err != nil {
+		if _, err := h.Put(page(BlockKey(i), 0, 128)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -68,7 +68,7 @@ func TestHostTierLRU(t *testing.T) {
 	if err := h.Unpin(PageKey{Block: 0}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := h.Put(page(3, 0, 100)); err != nil {
+	if _, err := h.Put(page(3, 0, 128)); err != nil {
 		t.Fatal(err)
 	}
 	if len(evicted) != 1 || evicted[0].Block != 1 {
@@ -78,38 +78,38 @@ func TestHostTierLRU(t *testing.T) {
 		t.Fatal("evicted page still served")
 	}
 	s := h.Stats()
-	if s.UsedBytes != 300 || s.Pages != 3 || s.Evictions != 1 || s.EvictedBytes != 100 || s.Hits != 1 || s.Misses != 1 {
+	if s.UsedBytes != 384 || s.Pages != 3 || s.Evictions != 1 || s.EvictedBytes != 128 || s.Hits != 1 || s.Misses != 1 {
 		t.Fatalf("stats %+v", s)
 	}
-	if s.PinnedBytes != 100 { // page 3 is still pinned by its Put
-		t.Fatalf("pinned bytes %d, want 100", s.PinnedBytes)
+	if s.PinnedBytes != 128 { // page 3 is still pinned by its Put
+		t.Fatalf("pinned bytes %d, want 128", s.PinnedBytes)
 	}
 }
 
 func TestHostTierPinnedNeverEvicted(t *testing.T) {
-	h, _ := NewHostTier(HostOptions{Capacity: 200})
+	h, _ := NewHostTier(HostOptions{MinBlock: 64, Capacity: 256})
 	for i := range 2 {
-		if _, err := h.Put(page(BlockKey(i), 0, 100)); err != nil {
+		if _, err := h.Put(page(BlockKey(i), 0, 128)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	_, err := h.Put(page(9, 0, 100))
+	_, err := h.Put(page(9, 0, 128))
 	if !errors.Is(err, ErrNoSpace) {
 		t.Fatalf("Put into a fully pinned tier: %v, want ErrNoSpace", err)
 	}
-	if s := h.Stats(); s.UsedBytes != 200 || s.Evictions != 0 {
+	if s := h.Stats(); s.UsedBytes != 256 || s.Evictions != 0 {
 		t.Fatalf("overcommitted or evicted a pinned page: %+v", s)
 	}
-	if _, err := h.Put(page(10, 0, 201)); !errors.Is(err, ErrTooLarge) {
+	if _, err := h.Put(page(10, 0, 257)); !errors.Is(err, ErrTooLarge) {
 		t.Fatalf("oversized page: %v, want ErrTooLarge", err)
 	}
 }
 
 // A Put that cannot succeed must not evict anything on its way to failing.
 func TestHostTierFailedPutEvictsNothing(t *testing.T) {
-	h, _ := NewHostTier(HostOptions{Capacity: 400})
+	h, _ := NewHostTier(HostOptions{MinBlock: 64, Capacity: 512})
 	for i := range 4 {
-		if _, err := h.Put(page(BlockKey(i), 0, 100)); err != nil {
+		if _, err := h.Put(page(BlockKey(i), 0, 128)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -118,31 +118,35 @@ func TestHostTierFailedPutEvictsNothing(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := h.Put(page(9, 0, 300)); !errors.Is(err, ErrNoSpace) {
-		t.Fatalf("Put of 300 bytes with 200 pinned of 400: %v, want ErrNoSpace", err)
+	if _, err := h.Put(page(9, 0, 384)); !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("Put of 384 bytes (a 512-byte block) with 256 pinned of 512: %v, want ErrNoSpace", err)
 	}
 	if s := h.Stats(); s.Evictions != 0 || s.Pages != 4 {
 		t.Fatalf("a failed Put evicted: %+v", s)
 	}
-	if _, err := h.Put(page(9, 0, 200)); err != nil {
-		t.Fatalf("Put of 200 bytes with 200 unpinned: %v", err)
+	if _, err := h.Put(page(9, 0, 256)); err != nil {
+		t.Fatalf("Put of 256 bytes with 256 unpinned: %v", err)
 	}
-	if s := h.Stats(); s.Evictions != 2 || s.UsedBytes != 400 {
+	if s := h.Stats(); s.Evictions != 2 || s.UsedBytes != 512 {
 		t.Fatalf("after making room: %+v", s)
 	}
 }
 
 func TestHostTierDedupAndUnpinErrors(t *testing.T) {
-	h, _ := NewHostTier(HostOptions{Capacity: 1000})
-	first := page(1, 2, 100)
-	if _, err := h.Put(first); err != nil {
+	h, _ := NewHostTier(HostOptions{MinBlock: 64, Capacity: 1000})
+	first := page(1, 2, 128)
+	stored, err := h.Put(first)
+	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := h.Put(page(1, 2, 100))
-	if err != nil || got != first {
-		t.Fatalf("second Put of the same key returned %p, %v; want the stored page", got, err)
+	if stored == first || &stored.K[0] == &first.K[0] {
+		t.Fatal("the tier stored the caller's buffers instead of copying them into its arena")
 	}
-	if s := h.Stats(); s.UsedBytes != 100 || s.PagesWritten != 1 {
+	got, err := h.Put(page(1, 2, 128))
+	if err != nil || got != stored {
+		t.Fatalf("second Put of the same key returned %p, %v; want the stored page %p", got, err, stored)
+	}
+	if s := h.Stats(); s.UsedBytes != 128 || s.PagesWritten != 1 {
 		t.Fatalf("duplicate stored twice: %+v", s)
 	}
 	for range 2 {
@@ -162,7 +166,7 @@ func TestHostTierDedupAndUnpinErrors(t *testing.T) {
 }
 
 func TestManagerPrefixAndRelease(t *testing.T) {
-	h, _ := NewHostTier(HostOptions{Capacity: 10_000})
+	h, _ := NewHostTier(HostOptions{MinBlock: 64, Capacity: 10_000})
 	m, err := NewManager(ManagerOptions{Tier: h, Layers: 2})
 	if err != nil {
 		t.Fatal(err)
@@ -171,7 +175,7 @@ func TestManagerPrefixAndRelease(t *testing.T) {
 	w := m.NewLease()
 	// Blocks 10 and 11 complete, 12 has only layer 0, 13 complete but after a gap.
 	for _, pk := range []PageKey{{10, 0}, {10, 1}, {11, 0}, {11, 1}, {12, 0}, {13, 0}, {13, 1}} {
-		if _, err := w.Commit(page(pk.Block, pk.Layer, 100)); err != nil {
+		if _, err := w.Commit(page(pk.Block, pk.Layer, 128)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -193,11 +197,11 @@ func TestManagerPrefixAndRelease(t *testing.T) {
 			}
 		}
 	}
-	if r.Pins() != 4 || h.Stats().PinnedBytes != 400 {
-		t.Fatalf("pins %d, pinned bytes %d; want 4 and 400 (nothing of block 12 pinned)", r.Pins(), h.Stats().PinnedBytes)
+	if r.Pins() != 4 || h.Stats().PinnedBytes != 512 {
+		t.Fatalf("pins %d, pinned bytes %d; want 4 and 512 (nothing of block 12 pinned)", r.Pins(), h.Stats().PinnedBytes)
 	}
-	if s := h.Stats(); s.Hits != 4 || s.Misses != 1 || s.BytesRead != 400 {
-		t.Fatalf("hits %d misses %d read %d; want the 4 pages served, block 12's missing layer, 400 bytes", s.Hits, s.Misses, s.BytesRead)
+	if s := h.Stats(); s.Hits != 4 || s.Misses != 1 || s.BytesRead != 512 {
+		t.Fatalf("hits %d misses %d read %d; want the 4 pages served, block 12's missing layer, 512 bytes", s.Hits, s.Misses, s.BytesRead)
 	}
 	if err := r.Release(); err != nil {
 		t.Fatal(err)
@@ -217,18 +221,18 @@ func TestManagerPrefixAndRelease(t *testing.T) {
 // requests are likelier to share.
 func TestReleaseEvictsTailFirst(t *testing.T) {
 	var evicted []BlockKey
-	h, _ := NewHostTier(HostOptions{Capacity: 300, OnEvict: func(p *Page) { evicted = append(evicted, p.Key.Block) }})
+	h, _ := NewHostTier(HostOptions{MinBlock: 64, Capacity: 384, OnEvict: func(p *Page) { evicted = append(evicted, p.Key.Block) }})
 	m, _ := NewManager(ManagerOptions{Tier: h, Layers: 1})
 	l := m.NewLease()
 	for b := range 3 {
-		if _, err := l.Commit(page(BlockKey(b), 0, 100)); err != nil {
+		if _, err := l.Commit(page(BlockKey(b), 0, 128)); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if err := l.Release(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m.NewLease().Commit(page(7, 0, 100)); err != nil {
+	if _, err := m.NewLease().Commit(page(7, 0, 128)); err != nil {
 		t.Fatal(err)
 	}
 	if len(evicted) != 1 || evicted[0] != 2 {
@@ -243,7 +247,7 @@ func TestHostTierConcurrent(t *testing.T) {
 	const capacity = 64 * 100
 	var mu sync.Mutex
 	evictedBytes := int64(0)
-	h, _ := NewHostTier(HostOptions{Capacity: capacity, OnEvict: func(p *Page) {
+	h, _ := NewHostTier(HostOptions{MinBlock: 64, Capacity: capacity, OnEvict: func(p *Page) {
 		mu.Lock()
 		evictedBytes += p.Size()
 		mu.Unlock()
