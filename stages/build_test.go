@@ -129,6 +129,8 @@ func TestBuildDiagnostics(t *testing.T) {
 		{"conversation too long", repl("turns           = 3", "turns           = 100000"), "Invalid turns", 14, 21},
 		{"huge image", repl("[1, 2, 3]", "[4294967296, 4294967296, 4]"), "Invalid image_grid", 19, 21},
 		{"conversations too large", strings.Replace(repl("sessions        = 3", "sessions        = 1000000"), "system_tokens   = 40", "system_tokens   = 1000", 1), "Invalid sessions", 13, 21},
+		{"pool", repl(`dtype        = "bf16"`, `pool = "lots"`), "Invalid pool", 24, 10},
+		{"pool below a page", repl(`dtype        = "bf16"`, `pool = "512"`), "Pool below one page", 24, 10},
 		{"missing align", tiny + "stages = [\"fetch\", \"attend\", \"evict\"]\n", "Missing stage", 27, 20},
 		{"missing attend", tiny + "stages = [\"fetch\", \"align\", \"evict\"]\n", "Missing stage", 27, 29},
 		{"out of order", tiny + "stages = [\"fetch\", \"evict\", \"prefetch\", \"align\", \"attend\"]\n", "Stages out of order", 27, 50},

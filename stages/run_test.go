@@ -305,3 +305,20 @@ func TestEvictCommitsOnlyWrittenPages(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A pool too small for the requests in flight fails the run with an error
+// that names align and the request, and returns every pin and page.
+func TestRunPoolExhausted(t *testing.T) {
+	p, diags := plan(t, strings.Replace(tiny, `dtype        = "bf16"`, `pool = "4KiB"`, 1), nil)
+	if diags.HasErrors() {
+		t.Fatal(diags)
+	}
+	rep, err := p.Run(context.Background(), RunOptions{})
+	var se *pipeline.StageError
+	if !errors.As(err, &se) || se.Stage != "align" || !errors.Is(err, storage.ErrOutOfMemory) || !strings.Contains(err.Error(), "request s") {
+		t.Fatalf("run error %v, want align's out-of-memory error naming the request", err)
+	}
+	if rep.Tiers[0].PinnedBytes != 0 || rep.Memory.Pool.UsedBytes != 0 {
+		t.Fatalf("after the failure: %d bytes pinned, %d bytes of the pool in use", rep.Tiers[0].PinnedBytes, rep.Memory.Pool.UsedBytes)
+	}
+}

@@ -896,3 +896,28 @@ func TestCacheGetAllocs(t *testing.T) {
 		t.Errorf("Get with the default hash: %v allocs", n)
 	}
 }
+
+func TestCacheEvictOne(t *testing.T) {
+	var evicted []int
+	c, err := NewCache(CacheOptions[int, int]{Capacity: 10, Shards: 1, OnEvict: func(k, _ int) { evicted = append(evicted, k) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k := range 3 {
+		if _, _, err := c.Add(k, k, 1, k == 2); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !c.EvictOne() || !c.EvictOne() {
+		t.Fatal("EvictOne found no victim among two unpinned entries")
+	}
+	if c.EvictOne() {
+		t.Fatal("EvictOne evicted a pinned entry")
+	}
+	if len(evicted) != 2 || evicted[0] != 0 || evicted[1] != 1 {
+		t.Fatalf("evicted %v, want [0 1] (least recently used first)", evicted)
+	}
+	if s := c.Stats(); s.Weight != 1 || s.Entries != 1 || s.Evictions != 2 {
+		t.Fatalf("stats %+v", s)
+	}
+}
