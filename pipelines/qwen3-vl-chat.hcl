@@ -10,7 +10,7 @@
 #   go run ./cmd/flow run pipelines/qwen3-vl-chat.hcl --var sessions=4 --json report.json
 
 variable "sessions" {
-  default     = 8
+  default     = 6
   description = "Concurrent chat sessions."
 }
 
