@@ -166,7 +166,7 @@ func (p *Plan) model(m *config.Model) hcl.Diagnostics {
 		return hcl.Diagnostics{config.ErrorAt(at, "Invalid model", err.Error()+".")}
 	}
 	// The layers' float32 weights are the run's largest allocation.
-	weights := int64(cfg.NumLayers) * 4 * int64(cfg.HiddenSize) * 2 * int64(cfg.NumHeads+cfg.NumKVHeads) * int64(cfg.HeadDim)
+	weights := weightBytes(cfg)
 	if avail := availableMemory(); avail > 0 && weights > avail {
 		r := at
 		if m.Layers != nil {
@@ -222,13 +222,17 @@ func (p *Plan) cache(c *config.Cache) hcl.Diagnostics {
 		}
 		n, _ := config.ParseSize(t.Capacity) // checked by config
 		p.HostCapacity = n
-		// The host tier holds its pages in process memory.
-		if avail := availableMemory(); avail > 0 && n > avail {
+		// The host tier and the pool hold their pages in arenas of the next
+		// power of two, beside the model's weights, all in process memory.
+		arenas := nextPow2(n) + nextPow2(p.PoolBytes)
+		if avail := availableMemory(); avail > 0 && arenas+p.weightBytes() > avail {
 			return hcl.Diagnostics{config.ErrorAt(config.AttrRange(t.Body, "capacity", t.DeclRange), "Capacity exceeds memory",
-				fmt.Sprintf("the host tier's capacity %s is more than the %s of memory available.", humanize.IBytes(uint64(n)), humanize.IBytes(uint64(avail))))}
+				fmt.Sprintf("the host tier's and the pool's arenas (%s, sizes rounded up to powers of two) and the weights (%s) need more than the %s of memory available.",
+					humanize.IBytes(uint64(arenas)), humanize.IBytes(uint64(p.weightBytes())), humanize.IBytes(uint64(avail))))}
 		}
 		if p.Model.HiddenSize > 0 {
-			page := int64(2 * p.Model.NumKVHeads * c.BlockTokens * p.Model.HeadDim * p.DType.Size())
+			// A page occupies a buddy block: the next power of two.
+			page := nextPow2(int64(2 * p.Model.NumKVHeads * c.BlockTokens * p.Model.HeadDim * p.DType.Size()))
 			if n < page {
 				return hcl.Diagnostics{config.ErrorAt(config.AttrRange(t.Body, "capacity", t.DeclRange), "Capacity below one page",
 					fmt.Sprintf("capacity %d bytes is smaller than one page (%d bytes: K and V of %d tokens).", n, page, c.BlockTokens))}
@@ -344,4 +348,20 @@ func checkOrder(f *config.File, start hcl.Range) hcl.Diagnostics {
 		}
 	}
 	return diags
+}
+
+// weightBytes is the size of the float32 attention weights of every layer.
+func weightBytes(cfg model.Config) int64 {
+	return int64(cfg.NumLayers) * 4 * int64(cfg.HiddenSize) * 2 * int64(cfg.NumHeads+cfg.NumKVHeads) * int64(cfg.HeadDim)
+}
+
+func (p *Plan) weightBytes() int64 { return weightBytes(p.Model) }
+
+// nextPow2 returns the least power of two >= n (n >= 1).
+func nextPow2(n int64) int64 {
+	b := int64(1)
+	for b < n {
+		b <<= 1
+	}
+	return b
 }

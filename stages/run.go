@@ -19,7 +19,9 @@ type RunOptions struct {
 	// Progress is the interval of progress log lines; 0 means none.
 	Progress time.Duration
 	// OnStep, if set, sees every step that reached the end of the chain, in
-	// order per request (tests use it to inspect outputs).
+	// order per request (tests use it to inspect outputs). The step's KV
+	// view and ready pages are gone by then (their memory may already be
+	// reused); Out is valid during the call only.
 	OnStep func(*Step)
 }
 
@@ -78,10 +80,11 @@ func (p *Plan) Run(ctx context.Context, o RunOptions) (*Report, error) {
 	}
 	var done atomic.Int64
 	pipeline.Sink(node, "report", func(ctx context.Context, s *Step) error {
+		s.KV, s.Ready = nil, nil
 		if o.OnStep != nil {
 			o.OnStep(s)
 		}
-		s.KV, s.Ready, s.Out = nil, nil, nil
+		s.Out = nil
 		if !s.Last {
 			return nil
 		}

@@ -446,8 +446,8 @@ func (c *Cache[K, V]) EvictOne() bool {
 		t.applyTouchesLocked()
 		var victims []cacheItem[K, V]
 		freed, victims := t.evictLocked(0, victims, c.onEvict != nil)
+		c.used.Add(-freed) // under the lock, as every change to used
 		t.mu.Unlock()
-		c.used.Add(-freed)
 		c.notify(victims)
 		return true
 	}
@@ -771,6 +771,10 @@ func (s *cacheShard[K, V]) evictLocked(freed int64, victims []cacheItem[K, V], c
 		panic("storage: cache policy has no victim while unpinned entries remain")
 	}
 	e := s.entries[h]
+	if e.pins > 0 {
+		// A policy must never offer a held entry: its memory is in use.
+		panic("storage: cache policy chose a pinned entry as victim")
+	}
 	if collect {
 		victims = append(victims, cacheItem[K, V]{e.key, e.value})
 	}

@@ -25,8 +25,16 @@ type HostOptions struct {
 }
 
 // HostTier keeps pages in host memory: their bytes live in one arena managed
-// by a buddy allocator, and a sharded block cache holds the index, the pins
-// and the LRU order in which unpinned pages are evicted.
+// by a buddy allocator, and a block cache holds the index, the pins and the
+// LRU order in which unpinned pages are evicted.
+//
+// A page occupies a buddy block, the next power of two of its size, and the
+// tier's byte counts of use (UsedBytes, PeakBytes, PinnedBytes,
+// EvictedBytes) are of blocks; BytesRead and BytesWritten are of pages. The
+// arena is the capacity rounded up to a power of two; the cache keeps what is
+// stored within the capacity. With pages of one size (kvflow's case) a Put
+// that fails evicts nothing; with mixed sizes, pinned blocks can fragment
+// the arena so that a Put evicts unpinned pages and still fails.
 type HostTier struct {
 	capacity int64
 	minBlock int64
@@ -96,8 +104,9 @@ func (t *HostTier) Name() string { return "host" }
 // Put implements Tier: it copies p's bytes into the arena.
 func (t *HostTier) Put(p *Page) (*Page, error) {
 	size := p.Size()
-	if size > t.capacity {
-		return nil, fmt.Errorf("host tier: page %s of %d bytes, capacity %d: %w", p.Key, size, t.capacity, ErrTooLarge)
+	if t.blockSize(size) > t.capacity {
+		return nil, fmt.Errorf("host tier: page %s of %d bytes (a %d-byte block), capacity %d: %w",
+			p.Key, size, t.blockSize(size), t.capacity, ErrTooLarge)
 	}
 	// A block no eviction can make room for must not cost any page.
 	if block := t.blockSize(size); t.cache.Stats().PinnedWeight+block > t.capacity {

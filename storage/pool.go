@@ -36,6 +36,7 @@ func NewPool(a *Arena) *Pool { return &Pool{arena: a} }
 type Tensor struct {
 	tensor.Tensor
 	off   int64
+	n     int64 // bytes requested, whatever the caller does to Data
 	pool  *Pool
 	freed bool // guarded by pool.mu
 }
@@ -62,7 +63,7 @@ func (p *Pool) Alloc(shape []int, dt tensor.DType) (*Tensor, error) {
 	p.stats.Allocs++
 	p.stats.LiveTensors++
 	p.stats.LiveBytes += n
-	t := &Tensor{off: blk.Off, pool: p}
+	t := &Tensor{off: blk.Off, n: n, pool: p}
 	t.Shape = append([]int(nil), shape...)
 	t.DType = dt
 	t.Data = blk.Bytes[:n:n]
@@ -84,7 +85,7 @@ func (p *Pool) Free(t *Tensor) error {
 	}
 	t.freed = true
 	p.mu.Unlock()
-	n := int64(len(t.Data))
+	n := t.n
 	if err := p.arena.Free(t.off); err != nil {
 		return fmt.Errorf("pool: %w", err)
 	}

@@ -305,3 +305,15 @@ func TestHostTierConcurrent(t *testing.T) {
 		t.Fatalf("bytes lost: written %d evicted %d (callback %d) used %d", s.BytesWritten, s.EvictedBytes, evictedBytes, s.UsedBytes)
 	}
 }
+
+// A page whose buddy block exceeds the capacity is too large, even when its
+// own size is not.
+func TestHostTierBlockTooLarge(t *testing.T) {
+	h, _ := NewHostTier(HostOptions{MinBlock: 64, Capacity: 384})
+	if _, err := h.Put(page(1, 0, 300)); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("a 300-byte page (512-byte block) in a 384-byte tier: %v, want ErrTooLarge", err)
+	}
+	if s := h.Stats(); s.Evictions != 0 || s.Pages != 0 {
+		t.Fatalf("stats %+v", s)
+	}
+}
