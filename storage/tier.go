@@ -11,6 +11,10 @@ var (
 	ErrTooLarge = errors.New("page larger than tier capacity")
 	// ErrNotPinned means Unpin was called for a page that holds no pin.
 	ErrNotPinned = errors.New("page not pinned")
+	// ErrChecksum means a page read back from a store does not match the
+	// checksum written with it. The store has dropped the page; its K/V must
+	// be recomputed. Such bytes are never returned.
+	ErrChecksum = errors.New("page checksum mismatch")
 )
 
 // Tier stores pages by key within a byte capacity. Implementations are safe
@@ -39,6 +43,41 @@ type Tier interface {
 	Stats() TierStats
 }
 
+// Store is a tier whose pages live outside process memory (SSD, later a
+// remote tier): a page is written as a copy and read back as a copy, with a
+// checksum verified on every read. Implementations are safe for concurrent
+// use.
+//
+// A pinned page is never evicted; unpinned pages are evicted coldest first
+// when a write needs room. Reads and writes make a page the most recent.
+type Store interface {
+	// Name is the tier's name in reports ("ssd", ...).
+	Name() string
+	// Write stores a copy of p, evicting the coldest unpinned pages to make
+	// room. If p's key is already stored, Write only marks it recent. It
+	// fails with ErrTooLarge or ErrNoSpace rather than exceed the capacity,
+	// and with the underlying error when the medium fails (a full disk).
+	Write(p *Page) error
+	// Contains reports whether key is stored. Unless the page is pinned it
+	// may be evicted at any moment after.
+	Contains(key PageKey) bool
+	// Pin keeps key's page from eviction and reports whether it is stored.
+	// Every successful Pin needs one Unpin.
+	Pin(key PageKey) bool
+	// Unpin releases one pin of key; ErrNotPinned if it holds none.
+	Unpin(key PageKey) error
+	// Read returns a copy of key's page, using buf for its bytes when buf is
+	// large enough. It fails with ErrNotFound when the page is not stored,
+	// and with ErrChecksum, after dropping the page, when the stored bytes
+	// do not match their checksum.
+	Read(key PageKey, buf []byte) (*Page, error)
+	// Stats returns a snapshot of the tier's counters.
+	Stats() TierStats
+	// Close flushes and closes the store. Pages written before Close are
+	// there when the store is opened again.
+	Close() error
+}
+
 // TierStats are the counters of one tier.
 type TierStats struct {
 	Name          string `json:"name"`
@@ -55,4 +94,12 @@ type TierStats struct {
 	PagesWritten uint64 `json:"pages_written"`
 	Evictions    uint64 `json:"evictions"`
 	EvictedBytes uint64 `json:"evicted_bytes"`
+	// ChecksumFailures counts pages read back with a bad checksum (and
+	// dropped); WriteErrors counts writes the medium refused.
+	ChecksumFailures uint64 `json:"checksum_failures"`
+	WriteErrors      uint64 `json:"write_errors"`
+	// RestoredPages counts pages found in the tier when it was opened.
+	RestoredPages int64 `json:"restored_pages"`
+	// DiskBytes is the space the tier's files take, garbage included.
+	DiskBytes int64 `json:"disk_bytes"`
 }
