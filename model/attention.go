@@ -120,6 +120,47 @@ func (a *Attention) Forward(x []float32, pos [3][]int64, kv *PagedKV, start int,
 	return nil
 }
 
+// StoreKV computes the keys (after k_norm and rotary) and values of n =
+// len(x)/HiddenSize tokens at sequence indices start..start+n-1 and writes
+// them into kv, exactly as Forward does, without attending. It rebuilds a
+// page whose stored copy was lost; only the pages covering [start, start+n)
+// need to be present.
+func (a *Attention) StoreKV(x []float32, pos [3][]int64, kv *PagedKV, start int) error {
+	c := a.cfg
+	if len(x)%c.HiddenSize != 0 {
+		return fmt.Errorf("StoreKV: len(x) = %d is not a multiple of HiddenSize %d", len(x), c.HiddenSize)
+	}
+	n := len(x) / c.HiddenSize
+	for r, name := range [3]string{"temporal", "height", "width"} {
+		if len(pos[r]) != n {
+			return fmt.Errorf("StoreKV: %s position row has %d entries, want %d tokens", name, len(pos[r]), n)
+		}
+	}
+	if start < 0 || start > maxTokens || n > maxTokens {
+		return fmt.Errorf("StoreKV: start %d out of range", start)
+	}
+	if err := kv.checkGeometry(); err != nil {
+		return fmt.Errorf("StoreKV: %w", err)
+	}
+	if kv.KVHeads != c.NumKVHeads || kv.HeadDim != c.HeadDim {
+		return fmt.Errorf("StoreKV: PagedKV has %d KV heads of dim %d, layer has %d of dim %d", kv.KVHeads, kv.HeadDim, c.NumKVHeads, c.HeadDim)
+	}
+	if n == 0 {
+		return nil
+	}
+	want := kv.PageBytes()
+	for p := start / kv.BlockTokens; p <= (start+n-1)/kv.BlockTokens; p++ {
+		if p >= len(kv.K) || p >= len(kv.V) || len(kv.K[p]) != want || len(kv.V[p]) != want {
+			return fmt.Errorf("StoreKV: page %d missing or not %d bytes", p, want)
+		}
+	}
+	s := a.pool.Get().(*scratch)
+	defer a.pool.Put(s)
+	a.project(s, x, pos, n)
+	a.store(s, kv, start, n)
+	return nil
+}
+
 // project computes the queries, keys and values of the n new tokens, with
 // RMSNorm and rotary applied to queries and keys.
 func (a *Attention) project(s *scratch, x []float32, pos [3][]int64, n int) {

@@ -1,6 +1,7 @@
 package model
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"strings"
@@ -407,5 +408,46 @@ func TestForwardDoesNotAllocate(t *testing.T) {
 	})
 	if allocs > 0 {
 		t.Errorf("decode Forward allocates %v times per call", allocs)
+	}
+}
+
+// TestStoreKVRebuildsAPage checks that StoreKV writes exactly the bytes
+// Forward wrote into a page, given only that page: a page whose stored copy
+// was lost is recomputed bit for bit.
+func TestStoreKVRebuildsAPage(t *testing.T) {
+	f := loadFixture(t, "tiny")
+	att, err := NewAttention(f.Config, f.Weights)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x, pos := fixtureSequence(f)
+	cfg, hd, block := att.Config(), f.Config.HiddenSize, 8
+	n := len(pos[0])
+	kv := NewPagedKV(cfg, BF16, block)
+	if err := kv.Grow(n); err != nil {
+		t.Fatal(err)
+	}
+	if err := att.Forward(x, pos, kv, 0, make([]float32, len(x))); err != nil {
+		t.Fatal(err)
+	}
+	for p := range n / block {
+		one := NewPagedKV(cfg, BF16, block)
+		one.K, one.V = make([][]byte, p+1), make([][]byte, p+1)
+		one.K[p], one.V[p] = make([]byte, kv.PageBytes()), make([]byte, kv.PageBytes())
+		lo, hi := p*block, (p+1)*block
+		if err := att.StoreKV(x[lo*hd:hi*hd], slicePositions(pos, lo, hi), one, lo); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(one.K[p], kv.K[p]) || !bytes.Equal(one.V[p], kv.V[p]) {
+			t.Errorf("page %d: StoreKV differs from Forward", p)
+		}
+	}
+	// Pages it needs must be there.
+	short := NewPagedKV(cfg, BF16, block)
+	if err := att.StoreKV(x[:block*hd], slicePositions(pos, 0, block), short, 0); err == nil {
+		t.Error("StoreKV without its page: want an error")
+	}
+	if err := att.StoreKV(x[:3], slicePositions(pos, 0, 1), kv, 0); err == nil {
+		t.Error("StoreKV with a partial hidden state: want an error")
 	}
 }

@@ -15,6 +15,8 @@ var (
 	// checksum written with it. The store has dropped the page; its K/V must
 	// be recomputed. Such bytes are never returned.
 	ErrChecksum = errors.New("page checksum mismatch")
+	// ErrClosed is returned by operations on a closed tier or prefetcher.
+	ErrClosed = errors.New("closed")
 )
 
 // Tier stores pages by key within a byte capacity. Implementations are safe
