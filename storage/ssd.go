@@ -943,18 +943,26 @@ func decodeSSDValue(kb, v, buf []byte) (k, vv []byte, err error) {
 }
 
 // copySum copies a then b to dst, which holds exactly both, and returns the
-// checksum chained from sum over dst's chunks (see ssdSumHead). Each chunk
-// is hashed right after it is copied, so the hash reads it from cache.
+// checksum chained from sum over dst's chunks (see ssdSumHead). A chunk that
+// lies within a or b is copied and hashed in one pass (copyHashSeed); one
+// that straddles them is copied, then hashed from cache.
 func copySum(dst, a, b []byte, sum uint64) uint64 {
 	for off := 0; off < len(dst); off += ssdChunk {
 		c := dst[off:min(off+ssdChunk, len(dst))]
-		n := copy(c, a)
-		a = a[n:]
-		if n < len(c) {
+		switch {
+		case len(a) >= len(c):
+			sum = copyHashSeed(c, a[:len(c)], sum)
+			a = a[len(c):]
+		case len(a) == 0:
+			sum = copyHashSeed(c, b[:len(c)], sum)
+			b = b[len(c):]
+		default:
+			n := copy(c, a)
+			a = a[n:]
 			m := copy(c[n:], b)
 			b = b[m:]
+			sum = xxh3.HashSeed(c, sum)
 		}
-		sum = xxh3.HashSeed(c, sum)
 	}
 	return sum
 }

@@ -1,0 +1,5 @@
+//go:build !amd64
+
+package storage
+
+func setUseAVX2(bool) {}
