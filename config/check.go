@@ -9,7 +9,7 @@ import (
 )
 
 // TierNames returns the tiers this build knows, fastest first.
-func TierNames() []string { return []string{"host"} }
+func TierNames() []string { return []string{"host", "ssd"} }
 
 // Upper bounds on settings, so that a typo cannot ask for more goroutines or
 // memory than any machine has.
@@ -99,6 +99,39 @@ func (c *Cache) check() hcl.Diagnostics {
 		if _, err := ParseSize(t.Capacity); err != nil {
 			diags = append(diags, errorAt(AttrRange(t.Body, "capacity", t.DeclRange), "Invalid capacity", err.Error()+"."))
 		}
+		diags = append(diags, t.check()...)
+	}
+	if len(c.Tiers) > 0 && !seen["host"] {
+		diags = append(diags, errorAt(c.DeclRange, "No host tier",
+			`The cache needs tier "host" { capacity = "..." }: requests use their pages in host memory, lower tiers only keep them.`))
+	}
+	return diags
+}
+
+// check reports the attributes a tier does not take and bad values of those
+// it does.
+func (t *Tier) check() hcl.Diagnostics {
+	var diags hcl.Diagnostics
+	if t.Name != "ssd" {
+		for _, a := range []struct {
+			name string
+			set  bool
+		}{{"path", t.Path != nil}, {"write", t.Write != nil}, {"sync", t.Sync != nil}} {
+			if a.set {
+				diags = append(diags, errorAt(AttrRange(t.Body, a.name, t.DeclRange), "Unsupported argument",
+					fmt.Sprintf("%s applies to the ssd tier; the %s tier is process memory.", a.name, t.Name)))
+			}
+		}
+		return diags
+	}
+	if t.Path == nil {
+		diags = append(diags, errorAt(t.DeclRange, "Missing path", `The ssd tier needs a directory: path = ".flow/kv".`))
+	} else if *t.Path == "" {
+		diags = append(diags, errorAt(AttrRange(t.Body, "path", t.DeclRange), "Invalid path", "path is empty."))
+	}
+	if t.Write != nil && *t.Write != "write_back" && *t.Write != "write_through" {
+		diags = append(diags, errorAt(AttrRange(t.Body, "write", t.DeclRange), "Invalid write policy",
+			fmt.Sprintf(`write = %q: want "write_back" or "write_through".`, *t.Write)))
 	}
 	return diags
 }

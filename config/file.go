@@ -87,10 +87,20 @@ type Cache struct {
 // DefaultPool is the size of the cache's working pool when a file sets none.
 const DefaultPool = "256MiB"
 
-// Tier is a `tier "name" { capacity = "2GiB" }` block.
+// Tier is a `tier "name" { capacity = "2GiB" }` block. The ssd tier also
+// takes a directory, a write policy and whether writes are synced.
 type Tier struct {
-	Name      string    `hcl:"name,label"`
-	Capacity  string    `hcl:"capacity"`
+	Name     string `hcl:"name,label"`
+	Capacity string `hcl:"capacity"`
+	// Path is the ssd tier's directory, created if missing. Pages in it
+	// survive the run: the next run over the same directory starts warm.
+	Path *string `hcl:"path,optional"`
+	// Write is how pages reach the tier from the one above: "write_back"
+	// (when evicted there, the default) or "write_through" (as soon as a
+	// request completes them).
+	Write *string `hcl:"write,optional"`
+	// Sync makes every write durable before it returns (fsync).
+	Sync      *bool     `hcl:"sync,optional"`
 	Body      hcl.Body  `hcl:",body"`
 	DeclRange hcl.Range `hcl:",def_range"`
 }

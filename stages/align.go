@@ -8,9 +8,10 @@ import (
 	"github.com/kvflow/kvflow/storage"
 )
 
-// Align assembles a step's paged K/V view in token order: the cached pages
-// prefetch made ready, the pages of the request's earlier steps, and fresh
-// pages for the blocks the step's new tokens start.
+// Align assembles a step's paged K/V view in token order: the cached pages,
+// the pages of the request's earlier steps, and fresh pages for the blocks
+// the step's new tokens start. Cached pages still loading from the store are
+// left empty in the view; attend fills them in.
 type Align struct{ env *Env }
 
 // NewAlign returns the align stage.
@@ -51,10 +52,9 @@ func (a *Align) Process(ctx context.Context, s *Step) (*Step, error) {
 		K: make([][]byte, blocks), V: make([][]byte, blocks),
 	}
 	for i, pg := range pages[:blocks] {
-		if i < len(s.Ready) {
-			pg = s.Ready[i]
+		if pg != nil {
+			kv.K[i], kv.V[i] = pg.K, pg.V
 		}
-		kv.K[i], kv.V[i] = pg.K, pg.V
 	}
 	s.KV = kv
 	return s, nil

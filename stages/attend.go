@@ -20,7 +20,9 @@ func (s AttendSettings) Validate() error {
 }
 
 // Attend runs the layer's attention for the step's new tokens over its paged
-// K/V view, writing their K/V into the view's pages.
+// K/V view, writing their K/V into the view's pages. It first takes the
+// cached pages that were loading from the store; the time it waits for them
+// is the step's stall.
 type Attend struct{ env *Env }
 
 // NewAttend returns the attend stage.
@@ -36,6 +38,9 @@ func (a *Attend) Process(ctx context.Context, s *Step) (*Step, error) {
 	}
 	if s.KV == nil {
 		return nil, fmt.Errorf("no K/V view: is align before attend in the chain?")
+	}
+	if err := a.env.resolve(ctx, s); err != nil {
+		return nil, err
 	}
 	r, hidden := s.Req, a.env.Model.HiddenSize
 	n := s.End - s.Start

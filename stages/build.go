@@ -1,8 +1,11 @@
 package stages
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"math"
+	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -13,6 +16,7 @@ import (
 	"github.com/kvflow/kvflow/config"
 	"github.com/kvflow/kvflow/model"
 	"github.com/kvflow/kvflow/pipeline"
+	"github.com/kvflow/kvflow/storage"
 )
 
 // Plan is a validated pipeline, ready to run. Building it checks everything
@@ -35,9 +39,27 @@ type Plan struct {
 	HostCapacity int64
 	// PoolBytes is the size of the working pool's arena.
 	PoolBytes int64
-	Source    Source
-	Stages    []PlannedStage
+	// SSD is the ssd tier, nil when the cache has none.
+	SSD *SSDPlan
+	// PrefetchWorkers is the number of page loads from the ssd tier run at
+	// once: the prefetch stage's workers, or DefaultPrefetchWorkers.
+	PrefetchWorkers int
+	Source          Source
+	Stages          []PlannedStage
 }
+
+// SSDPlan is the ssd tier of a plan.
+type SSDPlan struct {
+	Path     string
+	Capacity int64
+	Write    storage.WritePolicy
+	Sync     bool
+}
+
+// DefaultPrefetchWorkers is the number of concurrent loads from the ssd tier
+// when the prefetch stage sets no workers: loads wait on the disk, not the
+// CPU, so even a 2-core machine runs several.
+const DefaultPrefetchWorkers = 4
 
 // PlannedStage is one stage of the chain, decoded but not yet constructed.
 type PlannedStage struct {
@@ -217,29 +239,74 @@ func (p *Plan) cache(c *config.Cache) hcl.Diagnostics {
 			fmt.Sprintf("the pool of %s is more than the %s of memory available.", humanize.IBytes(uint64(p.PoolBytes)), humanize.IBytes(uint64(avail))))}
 	}
 	for _, t := range c.Tiers {
-		if t.Name != "host" {
+		capAt := config.AttrRange(t.Body, "capacity", t.DeclRange)
+		n, _ := config.ParseSize(t.Capacity) // checked by config
+		page := int64(2 * p.Model.NumKVHeads * c.BlockTokens * p.Model.HeadDim * p.DType.Size())
+		if t.Name == "ssd" {
+			if p.Model.HiddenSize > 0 && n < page {
+				return hcl.Diagnostics{config.ErrorAt(capAt, "Capacity below one page",
+					fmt.Sprintf("capacity %d bytes is smaller than one page (%d bytes: K and V of %d tokens).", n, page, c.BlockTokens))}
+			}
+			ssd := &SSDPlan{Path: filepath.Clean(*t.Path), Capacity: n}
+			if t.Write != nil {
+				ssd.Write, _ = storage.ParseWritePolicy(*t.Write) // checked by config
+			}
+			if t.Sync != nil {
+				ssd.Sync = *t.Sync
+			}
+			if err := checkWritableDir(ssd.Path); err != nil {
+				return hcl.Diagnostics{config.ErrorAt(config.AttrRange(t.Body, "path", t.DeclRange), "Unwritable path", err.Error()+".")}
+			}
+			p.SSD = ssd
 			continue
 		}
-		n, _ := config.ParseSize(t.Capacity) // checked by config
 		p.HostCapacity = n
 		// The host tier and the pool hold their pages in arenas of the next
 		// power of two, beside the model's weights, all in process memory.
 		arenas := nextPow2(n) + nextPow2(p.PoolBytes)
 		if avail := availableMemory(); avail > 0 && arenas+p.weightBytes() > avail {
-			return hcl.Diagnostics{config.ErrorAt(config.AttrRange(t.Body, "capacity", t.DeclRange), "Capacity exceeds memory",
+			return hcl.Diagnostics{config.ErrorAt(capAt, "Capacity exceeds memory",
 				fmt.Sprintf("the host tier's and the pool's arenas (%s, sizes rounded up to powers of two) and the weights (%s) need more than the %s of memory available.",
 					humanize.IBytes(uint64(arenas)), humanize.IBytes(uint64(p.weightBytes())), humanize.IBytes(uint64(avail))))}
 		}
-		if p.Model.HiddenSize > 0 {
-			// A page occupies a buddy block: the next power of two.
-			page := nextPow2(int64(2 * p.Model.NumKVHeads * c.BlockTokens * p.Model.HeadDim * p.DType.Size()))
-			if n < page {
-				return hcl.Diagnostics{config.ErrorAt(config.AttrRange(t.Body, "capacity", t.DeclRange), "Capacity below one page",
-					fmt.Sprintf("capacity %d bytes is smaller than one page (%d bytes: K and V of %d tokens).", n, page, c.BlockTokens))}
-			}
+		// A page occupies a buddy block: the next power of two.
+		if p.Model.HiddenSize > 0 && n < nextPow2(page) {
+			return hcl.Diagnostics{config.ErrorAt(capAt, "Capacity below one page",
+				fmt.Sprintf("capacity %d bytes is smaller than one page (%d bytes: K and V of %d tokens).", n, nextPow2(page), c.BlockTokens))}
 		}
 	}
 	return nil
+}
+
+// checkWritableDir reports whether dir exists as a writable directory or can
+// be created: it probes with a temporary file in dir or in its nearest
+// existing parent, and removes it.
+func checkWritableDir(dir string) error {
+	probe := dir
+	for {
+		fi, err := os.Stat(probe)
+		if err == nil {
+			if !fi.IsDir() {
+				return fmt.Errorf("%s is not a directory", probe)
+			}
+			break
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		parent := filepath.Dir(probe)
+		if parent == probe {
+			return fmt.Errorf("no existing parent of %s", dir)
+		}
+		probe = parent
+	}
+	f, err := os.CreateTemp(probe, ".flow-probe-*")
+	if err != nil {
+		return fmt.Errorf("cannot write in %s: %w", probe, errors.Unwrap(err))
+	}
+	name := f.Name()
+	f.Close()
+	return os.Remove(name)
 }
 
 func (p *Plan) source(f *config.File, reg *Registry) hcl.Diagnostics {
@@ -278,6 +345,7 @@ func (p *Plan) source(f *config.File, reg *Registry) hcl.Diagnostics {
 
 func (p *Plan) stages(f *config.File, reg *Registry) hcl.Diagnostics {
 	var diags hcl.Diagnostics
+	p.PrefetchWorkers = DefaultPrefetchWorkers
 	blocks := map[string]*config.Stage{}
 	for _, b := range f.StageBlocks {
 		blocks[b.Name] = b
@@ -297,6 +365,11 @@ func (p *Plan) stages(f *config.File, reg *Registry) hcl.Diagnostics {
 			body, at = b.Body, b.DeclRange
 			if b.Workers != nil {
 				ps.Options.Workers = *b.Workers
+				if name == "prefetch" {
+					// The stage only issues loads; its workers bound the
+					// loads in flight.
+					p.PrefetchWorkers = *b.Workers
+				}
 			}
 			if b.Queue != nil {
 				ps.Options.Queue = *b.Queue
@@ -364,4 +437,15 @@ func nextPow2(n int64) int64 {
 		b <<= 1
 	}
 	return b
+}
+
+// Namespace identifies what the pages of this plan's ssd tier depend on: the
+// attention geometry, the weights' seed, the dtype and the block size. A
+// directory written under another namespace holds pages that would be wrong
+// here. The number of layers is not part of it: layer l's pages are the same
+// whether 2 or 28 layers run.
+func (p *Plan) Namespace() string {
+	m := p.Model
+	return fmt.Sprintf("kvflow-pages/1 hidden=%d heads=%d kv_heads=%d head_dim=%d rope_theta=%g mrope=%v rms_eps=%g seed=%d dtype=%s block_tokens=%d",
+		m.HiddenSize, m.NumHeads, m.NumKVHeads, m.HeadDim, m.RopeTheta, m.MRopeSection, m.RMSNormEps, p.Seed, p.DType, p.BlockTokens)
 }

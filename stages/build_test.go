@@ -145,7 +145,7 @@ func TestBuildDiagnostics(t *testing.T) {
 		{"unknown stage", tiny + "stages = [\"fetch\", \"warp\"]\n", "Unknown stage", 27, 20},
 		{"kernel", tiny + "stage \"attend\" {\n  kernel = \"magic\"\n}\n", "Invalid kernel", 28, 12},
 		{"policy", tiny + "stage \"evict\" {\n  policy = \"random\"\n}\n", "Invalid policy", 28, 12},
-		{"stage attribute", tiny + "stage \"prefetch\" {\n  lookahead = 4\n}\n", "Unsupported argument", 28, 3},
+		{"stage attribute", tiny + "stage \"prefetch\" {\n  depth = 4\n}\n", "Unsupported argument", 28, 3},
 		{"no fetch", tiny + "stages = [\"attend\"]\n", "No fetch stage", 27, 10},
 		{"fetch not first", tiny + "stages = [\"align\", \"fetch\"]\n", "fetch must come first", 27, 11},
 	}

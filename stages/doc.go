@@ -11,14 +11,17 @@
 // stage while different requests run in parallel:
 //
 //   - fetch, on a request's first step, computes the chained block keys of the
-//     sequence, pins the longest cached prefix in the KV manager and marks
-//     steps that fall entirely inside it as cached;
-//   - prefetch makes the cached pages a step reads resident (with the host tier
-//     alone they already are; lower tiers turn this into a load);
+//     sequence, pins the longest cached prefix in the KV manager (each page in
+//     the host tier or the ssd tier) and marks steps that fall entirely
+//     inside it as cached;
+//   - prefetch issues the loads of the step's stored pages and of the
+//     request's next layers, so they arrive while earlier steps compute;
 //   - align assembles the step's paged K/V view: cached pages, pages the request
 //     computed earlier, and fresh pages for the step's new tokens;
-//   - attend runs Qwen3-VL attention for the step's tokens over that view and
-//     writes their K/V into it;
+//   - attend takes the pages still loading (waiting only for late ones, and
+//     recomputing any whose stored copy failed its checksum), then runs
+//     Qwen3-VL attention for the step's tokens over the view and writes their
+//     K/V into it;
 //   - evict commits every page the step completed to the cache, where other
 //     requests can reuse it, and returns the request's pins after its last step.
 //

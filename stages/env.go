@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 
@@ -30,6 +31,8 @@ type Env struct {
 	Manager *storage.Manager
 	// Pool holds the pages requests compute until the tier copies them.
 	Pool *storage.Pool
+	// Prefetcher loads pages from the manager's store; nil without one.
+	Prefetcher *storage.Prefetcher
 	// Log receives the stages' messages.
 	Log hclog.Logger
 
@@ -47,6 +50,11 @@ type Env struct {
 	decodeTokens   atomic.Int64
 	committedPages atomic.Int64
 	commitFailures atomic.Int64 // pages kept private: the tier had no room
+
+	// Loads of stored pages as attend found them: finished (on time) or
+	// not (late, waited for stallNanos in all); demandLoads were issued by
+	// attend itself, not prefetch; recomputed pages failed their checksum.
+	loadsOnTime, loadsLate, demandLoads, recomputed, stallNanos atomic.Int64
 }
 
 // EnvOptions configure NewEnv.
@@ -56,10 +64,11 @@ type EnvOptions struct {
 	BlockTokens  int
 	PrefillChunk int
 	// Seed makes the random weights of every layer.
-	Seed    uint64
-	Manager *storage.Manager
-	Pool    *storage.Pool
-	Log     hclog.Logger
+	Seed       uint64
+	Manager    *storage.Manager
+	Pool       *storage.Pool
+	Prefetcher *storage.Prefetcher
+	Log        hclog.Logger
 }
 
 // NewEnv builds the model's layers with seeded random weights and returns the
@@ -85,7 +94,7 @@ func NewEnv(o EnvOptions) (*Env, error) {
 	}
 	e := &Env{
 		Model: o.Model, DType: o.DType, BlockTokens: o.BlockTokens, PrefillChunk: o.PrefillChunk,
-		Manager: o.Manager, Pool: o.Pool, Log: o.Log,
+		Manager: o.Manager, Pool: o.Pool, Prefetcher: o.Prefetcher, Log: o.Log,
 	}
 	for l := range o.Model.NumLayers {
 		a, err := model.NewAttention(o.Model, model.RandomWeights(o.Model, l, o.Seed))
@@ -147,6 +156,11 @@ type Counters struct {
 	DecodeTokens   int64
 	CommittedPages int64
 	CommitFailures int64
+	LoadsOnTime    int64
+	LoadsLate      int64
+	DemandLoads    int64
+	Recomputed     int64
+	Stall          time.Duration
 }
 
 // Counters returns a snapshot of the run's counters.
@@ -159,5 +173,10 @@ func (e *Env) Counters() Counters {
 		DecodeTokens:   e.decodeTokens.Load(),
 		CommittedPages: e.committedPages.Load(),
 		CommitFailures: e.commitFailures.Load(),
+		LoadsOnTime:    e.loadsOnTime.Load(),
+		LoadsLate:      e.loadsLate.Load(),
+		DemandLoads:    e.demandLoads.Load(),
+		Recomputed:     e.recomputed.Load(),
+		Stall:          time.Duration(e.stallNanos.Load()),
 	}
 }

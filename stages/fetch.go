@@ -9,7 +9,8 @@ import (
 
 // Fetch is the first stage: on a request's first step it computes the
 // chained keys of the sequence's full blocks and pins the longest prefix the
-// cache holds in every layer; on every step it skips what that prefix covers.
+// cache holds in every layer, in memory or in the store; on every step it
+// skips what that prefix covers.
 type Fetch struct{ env *Env }
 
 // NewFetch returns the fetch stage.
@@ -56,8 +57,9 @@ func (f *Fetch) lookup(r *Request, seq *Sequence) error {
 	}
 	seq.mu.Lock()
 	for _, row := range prefix {
-		for l, p := range row {
-			seq.pages[l] = append(seq.pages[l], p)
+		for l, slot := range row {
+			// A page in the store is nil until attend has its load.
+			seq.pages[l] = append(seq.pages[l], slot.Page)
 		}
 	}
 	for l := range seq.committed {

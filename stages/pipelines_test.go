@@ -34,6 +34,9 @@ func TestPipelinesEndToEnd(t *testing.T) {
 				if val, ok := small[v.Name]; ok {
 					vars[v.Name] = val
 				}
+				if v.Name == "ssd_path" {
+					vars[v.Name] = t.TempDir()
+				}
 			}
 			f, diags := config.LoadFile(path, vars)
 			if diags.HasErrors() {

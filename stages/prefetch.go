@@ -2,44 +2,87 @@ package stages
 
 import (
 	"context"
-	"fmt"
 
 	"github.com/kvflow/kvflow/storage"
 )
 
-// Prefetch makes the cached pages a step reads resident before the step
-// reaches attend. With the host tier alone every cached page is already in
-// memory and pinned by fetch, so prefetch only hands them on and checks
-// them; lower tiers make this stage a load.
-type Prefetch struct{ env *Env }
+// PrefetchSettings are the prefetch stage's HCL settings.
+type PrefetchSettings struct {
+	// Lookahead is how many of a request's next layers prefetch loads
+	// ahead of the step it sees: their steps come next, and the loads run
+	// while this one computes.
+	Lookahead int `hcl:"lookahead,optional"`
+}
+
+// DefaultLookahead is the prefetch stage's lookahead when a file sets none.
+const DefaultLookahead = 2
+
+// MaxLookahead bounds lookahead: a request has at most this many layers.
+const MaxLookahead = 1 << 10
+
+// Validate implements Validator.
+func (s PrefetchSettings) Validate() error {
+	if s.Lookahead < 0 || s.Lookahead > MaxLookahead {
+		return SettingErrorf("lookahead", "%d: must be between 0 and %d", s.Lookahead, MaxLookahead)
+	}
+	return nil
+}
+
+// Prefetch issues the loads of the cached pages that are in the store, so
+// that they arrive in memory while the steps ahead of them compute: the
+// pages of the step it sees (PriorityNext: the step is queued before
+// attend), and those of the request's next Lookahead layers
+// (PriorityLookahead). The first step of a request that just arrived thus
+// starts the loads of its prefix. Prefetch does not wait: attend takes the
+// pages, waiting only for loads that are late. Without this stage, attend
+// loads every stored page on demand.
+type Prefetch struct {
+	env       *Env
+	lookahead int
+}
 
 // NewPrefetch returns the prefetch stage.
-func NewPrefetch(env *Env) *Prefetch { return &Prefetch{env: env} }
+func NewPrefetch(env *Env, s PrefetchSettings) *Prefetch {
+	return &Prefetch{env: env, lookahead: s.Lookahead}
+}
 
 // Name returns "prefetch".
 func (p *Prefetch) Name() string { return "prefetch" }
 
 // Process implements pipeline.Stage.
 func (p *Prefetch) Process(ctx context.Context, s *Step) (*Step, error) {
-	if s.Cached {
-		return s, nil
+	pf := p.env.Prefetcher
+	if pf == nil {
+		return s, nil // no store: every cached page is in memory
 	}
 	seq := s.Seq
-	b := p.env.BlockTokens
-	// The cached blocks this step reads: those before its first token.
-	n := min(seq.CachedTokens, s.Start) / b
-	want := p.env.PageBytes()
 	seq.mu.Lock()
 	defer seq.mu.Unlock()
-	if len(seq.pages[s.Layer]) < n {
-		return nil, fmt.Errorf("layer %d: %d cached pages, want %d", s.Layer, len(seq.pages[s.Layer]), n)
-	}
-	s.Ready = make([]*storage.Page, n)
-	for i, pg := range seq.pages[s.Layer][:n] {
-		if pg == nil || len(pg.K) != want || len(pg.V) != want {
-			return nil, fmt.Errorf("cached page %d of layer %d is not a %d-byte page", i, s.Layer, want)
+	last := min(s.Layer+p.lookahead, len(seq.pages)-1)
+	for l := s.Layer; l <= last; l++ {
+		prio := storage.PriorityLookahead
+		if l == s.Layer {
+			prio = storage.PriorityNext
 		}
-		s.Ready[i] = pg
+		if seq.issued[l] {
+			if l == s.Layer {
+				// Issued as lookahead: the step is queued now.
+				for key, ld := range seq.loads {
+					if key.Layer == l && !ld.Ready() {
+						pf.Fetch(key, prio)
+					}
+				}
+			}
+			continue
+		}
+		seq.issued[l] = true
+		for i, pg := range seq.pages[l] {
+			if pg != nil || i >= len(seq.Keys) {
+				continue
+			}
+			key := storage.PageKey{Block: seq.Keys[i], Layer: l}
+			seq.loads[key] = pf.Fetch(key, prio)
+		}
 	}
 	return s, nil
 }

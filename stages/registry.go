@@ -73,7 +73,8 @@ func DefaultRegistry() *Registry {
 	r := NewRegistry()
 	none := func() struct{} { return struct{}{} }
 	must(RegisterStage(r, "fetch", none, func(e *Env, _ struct{}) (pipeline.Stage[*Step, *Step], error) { return NewFetch(e), nil }))
-	must(RegisterStage(r, "prefetch", none, func(e *Env, _ struct{}) (pipeline.Stage[*Step, *Step], error) { return NewPrefetch(e), nil }))
+	must(RegisterStage(r, "prefetch", func() PrefetchSettings { return PrefetchSettings{Lookahead: DefaultLookahead} },
+		func(e *Env, s PrefetchSettings) (pipeline.Stage[*Step, *Step], error) { return NewPrefetch(e, s), nil }))
 	must(RegisterStage(r, "align", none, func(e *Env, _ struct{}) (pipeline.Stage[*Step, *Step], error) { return NewAlign(e), nil }))
 	must(RegisterStage(r, "attend", func() AttendSettings { return AttendSettings{Kernel: "dense"} },
 		func(e *Env, _ AttendSettings) (pipeline.Stage[*Step, *Step], error) { return NewAttend(e), nil }))

@@ -32,6 +32,8 @@ type Report struct {
 	Pages           PageReport          `json:"pages"`
 	Stages          []StageReport       `json:"stages"`
 	Tiers           []storage.TierStats `json:"tiers"`
+	Lookup          LookupReport        `json:"lookup"`
+	Prefetch        PrefetchReport      `json:"prefetch"`
 	Memory          MemoryReport        `json:"memory"`
 	// Error is the run's error, if it failed.
 	Error string `json:"error,omitempty"`
@@ -64,6 +66,49 @@ type TokenReport struct {
 type PageReport struct {
 	Committed      int64 `json:"committed"`
 	CommitFailures int64 `json:"commit_failures"`
+}
+
+// LookupReport counts where prefix lookups found their pages.
+type LookupReport struct {
+	// MemoryPages and StorePages are the prefix pages found in the host
+	// tier and in the ssd tier; MissedBlocks counts lookups that stopped at
+	// a block some layer of which no tier held.
+	MemoryPages  uint64 `json:"memory_pages"`
+	StorePages   uint64 `json:"store_pages"`
+	MissedBlocks uint64 `json:"missed_blocks"`
+	// Demoted counts pages the host tier evicted and wrote to the ssd tier
+	// (write_back); DemoteDropped those the ssd tier had no room for.
+	Demoted       uint64 `json:"demoted"`
+	DemoteDropped uint64 `json:"demote_dropped"`
+	DemoteErrors  uint64 `json:"demote_errors"`
+}
+
+// PrefetchReport describes the loads of stored pages and how they met the
+// steps that needed them.
+type PrefetchReport struct {
+	// Issued counts loads started, Merged requests for a page already on
+	// its way, Demand the loads attend issued itself (none were issued
+	// for the page, as without a prefetch stage).
+	Issued uint64 `json:"issued"`
+	Merged uint64 `json:"merged"`
+	Demand int64  `json:"demand"`
+	// OnTime counts pages whose load had finished when attend needed them;
+	// Late those attend waited for, StallSeconds in all.
+	OnTime       int64   `json:"on_time"`
+	Late         int64   `json:"late"`
+	StallSeconds float64 `json:"stall_seconds"`
+	// Wasted counts pages loaded into the host tier and evicted before
+	// any request used them.
+	Wasted uint64 `json:"wasted"`
+	// Promoted counts loaded pages copied into the host tier; Private
+	// those it had no room for, used by their request alone.
+	Promoted    uint64 `json:"promoted"`
+	Private     uint64 `json:"private"`
+	LoadedBytes uint64 `json:"loaded_bytes"`
+	Failed      uint64 `json:"failed"`
+	// Recomputed counts pages whose stored copy failed its checksum and
+	// were computed again.
+	Recomputed int64 `json:"recomputed"`
 }
 
 // MemoryReport describes kvflow's own memory: the host tier's arena and the
@@ -110,8 +155,9 @@ type StageReport struct {
 	MaxMs            float64 `json:"max_ms"`
 }
 
-func newReport(p *Plan, env *Env, metrics []pipeline.StageMetrics, tiers []storage.TierStats, mem MemoryReport, wall time.Duration) *Report {
+func newReport(p *Plan, env *Env, metrics []pipeline.StageMetrics, mgr *storage.Manager, pf storage.PrefetchStats, mem MemoryReport, wall time.Duration) *Report {
 	c := env.Counters()
+	kvs := mgr.ManagerStats()
 	secs := wall.Seconds()
 	r := &Report{
 		SchemaVersion: SchemaVersion,
@@ -124,8 +170,13 @@ func newReport(p *Plan, env *Env, metrics []pipeline.StageMetrics, tiers []stora
 		Tokens:          TokenReport{Prompt: c.PromptTokens, Cached: c.CachedTokens, Computed: c.ComputedTokens, Decode: c.DecodeTokens},
 		PrefixHitRatio:  ratio(c.CachedTokens, c.PromptTokens),
 		Pages:           PageReport{Committed: c.CommittedPages, CommitFailures: c.CommitFailures},
-		Tiers:           tiers,
-		Memory:          mem,
+		Tiers:           mgr.Stats(),
+		Lookup: LookupReport{MemoryPages: kvs.MemoryPages, StorePages: kvs.StorePages, MissedBlocks: kvs.MissedBlocks,
+			Demoted: kvs.Demoted, DemoteDropped: kvs.DemoteDropped, DemoteErrors: kvs.DemoteErrors},
+		Prefetch: PrefetchReport{Issued: pf.Issued, Merged: pf.Merged, Demand: c.DemandLoads, OnTime: c.LoadsOnTime, Late: c.LoadsLate,
+			StallSeconds: c.Stall.Seconds(), Wasted: kvs.Wasted, Promoted: kvs.Promoted, Private: kvs.PrivateLoads,
+			LoadedBytes: pf.Bytes, Failed: pf.Failed, Recomputed: c.Recomputed},
+		Memory: mem,
 	}
 	if secs > 0 {
 		r.TokensPerSecond = float64(c.ComputedTokens) / secs
@@ -201,6 +252,16 @@ func (r *Report) WriteText(w io.Writer) error {
 	fmt.Fprintf(w, "computed tokens   %d (%d decode)\n", r.Tokens.Computed, r.Tokens.Decode)
 	fmt.Fprintf(w, "tokens/s          %.1f\n", r.TokensPerSecond)
 	fmt.Fprintf(w, "pages committed   %d (%d kept private: tier full)\n", r.Pages.Committed, r.Pages.CommitFailures)
+	if len(r.Tiers) > 1 {
+		pf := r.Prefetch
+		fmt.Fprintf(w, "prefix pages      %d in host, %d in ssd\n", r.Lookup.MemoryPages, r.Lookup.StorePages)
+		fmt.Fprintf(w, "loads             %d issued (%d on demand), %d on time, %d late, %d wasted, %s\n",
+			pf.Issued, pf.Demand, pf.OnTime, pf.Late, pf.Wasted, humanize.IBytes(pf.LoadedBytes))
+		fmt.Fprintf(w, "attend stall      %.3fs\n", pf.StallSeconds)
+		if pf.Recomputed > 0 || r.Lookup.DemoteErrors > 0 {
+			fmt.Fprintf(w, "recovered         %d pages recomputed (bad checksum), %d demotions failed\n", pf.Recomputed, r.Lookup.DemoteErrors)
+		}
+	}
 	_, err := fmt.Fprintf(w, "wall time         %.2fs\n", r.DurationSeconds)
 	return err
 }

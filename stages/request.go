@@ -3,6 +3,7 @@ package stages
 import (
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/kvflow/kvflow/model"
 	"github.com/kvflow/kvflow/storage"
@@ -84,10 +85,11 @@ type Step struct {
 	// Cached is set by fetch when every token of the step was served from
 	// the cache: nothing is left to compute.
 	Cached bool
-	// Ready holds the cached pages the step reads, resident (prefetch).
-	Ready []*storage.Page
-	// KV is the step's paged K/V view (align).
+	// KV is the step's paged K/V view (align); attend fills in the cached
+	// pages that were still loading.
 	KV *model.PagedKV
+	// Stall is how long attend waited for the step's cached pages to load.
+	Stall time.Duration
 	// Out is the attention output, (End-Start)*hidden floats (attend).
 	Out []float32
 }
@@ -116,8 +118,14 @@ type Sequence struct {
 
 	mu sync.Mutex
 	// pages[layer][block] is the page of each block known so far: cached,
-	// or allocated by align for the request's own tokens. Guarded by mu.
+	// or allocated by align for the request's own tokens. A cached page that
+	// is in the store and not loaded yet is nil. Guarded by mu.
 	pages [][]*storage.Page
+	// loads holds the loads prefetch issued for stored pages, until attend
+	// takes their pages; issued[layer] is set once prefetch has issued the
+	// layer's loads. Guarded by mu.
+	loads  map[storage.PageKey]*storage.Load
+	issued []bool
 	// committed[layer] counts the leading blocks evict has offered to the
 	// cache. Guarded by mu.
 	committed []int
@@ -134,5 +142,6 @@ type Sequence struct {
 }
 
 func newSequence(layers int) *Sequence {
-	return &Sequence{pages: make([][]*storage.Page, layers), committed: make([]int, layers), written: make([]int, layers)}
+	return &Sequence{pages: make([][]*storage.Page, layers), committed: make([]int, layers), written: make([]int, layers),
+		issued: make([]bool, layers), loads: map[storage.PageKey]*storage.Load{}}
 }

@@ -2,6 +2,7 @@ package stages
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync/atomic"
 	"time"
@@ -39,24 +40,62 @@ func (p *Plan) Run(ctx context.Context, o RunOptions) (*Report, error) {
 	for minBlock < 4096 && minBlock < 2*int64(p.pageBytes()) {
 		minBlock <<= 1
 	}
-	host, err := storage.NewHostTier(storage.HostOptions{Capacity: p.HostCapacity, MinBlock: minBlock})
+	// The host tier's evictions go down to the ssd tier through the
+	// manager, which exists once both tiers do.
+	var mgr *storage.Manager
+	host, err := storage.NewHostTier(storage.HostOptions{Capacity: p.HostCapacity, MinBlock: minBlock,
+		OnEvict: func(pg *storage.Page) { mgr.Demote(pg) }})
 	if err != nil {
 		return nil, err
 	}
-	mgr, err := storage.NewManager(storage.ManagerOptions{Tier: host, Layers: p.Model.NumLayers})
+	var ssd *storage.SSDTier
+	var store storage.Store
+	if p.SSD != nil {
+		t0 := time.Now()
+		ssd, err = storage.OpenSSDTier(storage.SSDOptions{Dir: p.SSD.Path, Capacity: p.SSD.Capacity, Sync: p.SSD.Sync,
+			Namespace: p.Namespace(), Log: log.Named("ssd")})
+		if err != nil {
+			return nil, fmt.Errorf("ssd tier: %w", err)
+		}
+		store = ssd
+		if n := ssd.Stats().RestoredPages; n > 0 {
+			log.Info("ssd tier restored", "path", p.SSD.Path, "pages", n, "elapsed", time.Since(t0).Round(time.Millisecond))
+		}
+	}
+	closeSSD := func() error {
+		if ssd == nil {
+			return nil
+		}
+		return ssd.Close()
+	}
+	mgr, err = storage.NewManager(storage.ManagerOptions{Tier: host, Store: store, Write: p.ssdWrite(), Layers: p.Model.NumLayers, Log: log})
 	if err != nil {
-		return nil, err
+		return nil, errors.Join(err, closeSSD())
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var pf *storage.Prefetcher
+	if store != nil {
+		if pf, err = storage.NewPrefetcher(ctx, storage.PrefetchOptions{Workers: p.PrefetchWorkers, Load: mgr.Promote}); err != nil {
+			return nil, errors.Join(err, closeSSD())
+		}
+	}
+	closeStores := func() error {
+		if pf != nil {
+			pf.Close()
+		}
+		return closeSSD()
 	}
 	arena, err := storage.NewArena(storage.ArenaOptions{Size: p.PoolBytes, MinBlock: minBlock})
 	if err != nil {
-		return nil, fmt.Errorf("pool: %w", err)
+		return nil, errors.Join(fmt.Errorf("pool: %w", err), closeStores())
 	}
 	pool := storage.NewPool(arena)
 	t0 := time.Now()
 	env, err := NewEnv(EnvOptions{Model: p.Model, DType: p.DType, BlockTokens: p.BlockTokens,
-		PrefillChunk: p.PrefillChunk, Seed: p.Seed, Manager: mgr, Pool: pool, Log: log})
+		PrefillChunk: p.PrefillChunk, Seed: p.Seed, Manager: mgr, Pool: pool, Prefetcher: pf, Log: log})
 	if err != nil {
-		return nil, err
+		return nil, errors.Join(err, closeStores())
 	}
 	log.Debug("model ready", "layers", p.Model.NumLayers, "elapsed", time.Since(t0).Round(time.Millisecond))
 
@@ -74,13 +113,13 @@ func (p *Plan) Run(ctx context.Context, o RunOptions) (*Report, error) {
 	for _, ps := range p.Stages {
 		st, err := ps.build(env)
 		if err != nil {
-			return nil, fmt.Errorf("stage %q: %w", ps.Name, err)
+			return nil, errors.Join(fmt.Errorf("stage %q: %w", ps.Name, err), closeStores())
 		}
 		node = pipeline.Then(node, st, ps.Options)
 	}
 	var done atomic.Int64
 	pipeline.Sink(node, "report", func(ctx context.Context, s *Step) error {
-		s.KV, s.Ready = nil, nil
+		s.KV = nil
 		if o.OnStep != nil {
 			o.OnStep(s)
 		}
@@ -107,7 +146,33 @@ func (p *Plan) Run(ctx context.Context, o RunOptions) (*Report, error) {
 	if err := env.ReleaseAll(); err != nil && runErr == nil {
 		runErr = err
 	}
-	return newReport(p, env, pl.Metrics(), mgr.Stats(), memoryReport(host, pool), wall), runErr
+	var pfStats storage.PrefetchStats
+	if pf != nil {
+		pf.Close()
+		pfStats = pf.Stats()
+	}
+	// Under write_back the host tier's pages reach the ssd tier only on
+	// eviction: write the rest down, so the next run starts warm.
+	if n, err := mgr.Flush(); err != nil && runErr == nil {
+		runErr = err
+	} else if n > 0 {
+		log.Debug("flushed host pages to the ssd tier", "pages", n)
+	}
+	// The report describes the tiers as the run left them, before the ssd
+	// tier closes.
+	r := newReport(p, env, pl.Metrics(), mgr, pfStats, memoryReport(host, pool), wall)
+	if err := closeStores(); err != nil && runErr == nil {
+		runErr = fmt.Errorf("ssd tier: %w", err)
+	}
+	return r, runErr
+}
+
+// ssdWrite is the write policy of the ssd tier, if any.
+func (p *Plan) ssdWrite() storage.WritePolicy {
+	if p.SSD == nil {
+		return storage.WriteBack
+	}
+	return p.SSD.Write
 }
 
 // progress logs a line every interval until the returned function is called.

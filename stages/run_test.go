@@ -117,6 +117,16 @@ func TestRunCachedOutputsEqualRecompute(t *testing.T) {
 		t.Fatal(diags)
 	}
 	_, steps := collect(t, p)
+	if checkOutputs(t, p, steps) == 0 {
+		t.Fatal("no step computed over a cached prefix")
+	}
+}
+
+// checkOutputs compares every computed step of a request that reused a
+// cached prefix with a from-scratch forward pass of its layer, and returns
+// the number of steps checked.
+func checkOutputs(t *testing.T, p *Plan, steps map[string][]*Step) int {
+	t.Helper()
 	reqs := chatRequests(t, p)
 	checked := 0
 	for _, r := range reqs {
@@ -145,9 +155,7 @@ func TestRunCachedOutputsEqualRecompute(t *testing.T) {
 			}
 		}
 	}
-	if checked == 0 {
-		t.Fatal("no step computed over a cached prefix")
-	}
+	return checked
 }
 
 // scratch runs one layer over all of r's tokens in one forward pass.

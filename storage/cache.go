@@ -612,6 +612,29 @@ func (c *Cache[K, V]) Stats() CacheStats {
 	return st
 }
 
+// Keys returns the keys stored, in no particular order. It is a snapshot
+// taken one shard at a time: entries added or removed meanwhile may or may
+// not be in it.
+func (c *Cache[K, V]) Keys() []K {
+	var keys []K
+	for i := range c.shards {
+		s := &c.shards[i]
+		s.mu.Lock()
+		t := s.table.Load()
+		for j := range t.buckets {
+			for b := &t.buckets[j]; b != nil; b = b.next.Load() {
+				for k := range bucketSlots {
+					if e := b.entries[k].Load(); e != nil {
+						keys = append(keys, e.key)
+					}
+				}
+			}
+		}
+		s.mu.Unlock()
+	}
+	return keys
+}
+
 // Len returns the number of entries stored.
 func (c *Cache[K, V]) Len() int {
 	c.lockAll()

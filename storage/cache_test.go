@@ -921,3 +921,33 @@ func TestCacheEvictOne(t *testing.T) {
 		t.Fatalf("stats %+v", s)
 	}
 }
+
+func TestCacheKeys(t *testing.T) {
+	c, err := NewCache(CacheOptions[int, int]{Capacity: 1000, Shards: 4, Hash: func(k int) uint64 { return uint64(k) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[int]bool{}
+	for k := range 300 {
+		if _, _, err := c.Add(k, k, 1, false); err != nil {
+			t.Fatal(err)
+		}
+		want[k] = true
+	}
+	for k := range 100 {
+		if _, err := c.Remove(k); err != nil {
+			t.Fatal(err)
+		}
+		delete(want, k)
+	}
+	keys := c.Keys()
+	if len(keys) != len(want) {
+		t.Fatalf("%d keys, want %d", len(keys), len(want))
+	}
+	for _, k := range keys {
+		if !want[k] {
+			t.Fatalf("key %d is not stored", k)
+		}
+		delete(want, k)
+	}
+}

@@ -178,6 +178,24 @@ func (t *HostTier) Pin(key PageKey) (*Page, bool) {
 	return hp.page, true
 }
 
+// Range implements Tier. Each page is pinned while fn sees it.
+func (t *HostTier) Range(fn func(*Page) bool) {
+	for _, k := range t.cache.Keys() {
+		hp, ok := t.cache.Pin(k)
+		if !ok {
+			continue // evicted since the snapshot
+		}
+		more := fn(hp.page)
+		_ = t.cache.Unpin(k) // pinned just above
+		if !more {
+			return
+		}
+	}
+}
+
+// Contains implements Tier.
+func (t *HostTier) Contains(key PageKey) bool { return t.cache.Contains(key) }
+
 // PinAll implements Tier.
 func (t *HostTier) PinAll(keys []PageKey) ([]*Page, bool) {
 	missing := 0

@@ -1,31 +1,94 @@
 package storage
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
+
+	"github.com/hashicorp/go-hclog"
 )
 
-// Manager is the KV cache manager: it answers prefix lookups over its tiers
-// and hands out leases that pin the pages a request uses.
+// WritePolicy says when a page reaches a lower tier.
+type WritePolicy uint8
+
+// Write policies.
+const (
+	// WriteBack writes a page down when the tier above evicts it.
+	WriteBack WritePolicy = iota
+	// WriteThrough writes every committed page down at once, so that
+	// eviction from the tier above costs nothing and a crash loses no page.
+	WriteThrough
+)
+
+// String returns the policy's name in pipeline files.
+func (w WritePolicy) String() string {
+	if w == WriteThrough {
+		return "write_through"
+	}
+	return "write_back"
+}
+
+// ParseWritePolicy parses "write_back" or "write_through".
+func ParseWritePolicy(s string) (WritePolicy, error) {
+	switch s {
+	case "write_back":
+		return WriteBack, nil
+	case "write_through":
+		return WriteThrough, nil
+	}
+	return 0, fmt.Errorf("write policy %q: want \"write_back\" or \"write_through\"", s)
+}
+
+// Manager is the KV cache manager. It keeps a request's view of the cache
+// over a memory tier (host) and, optionally, a lower store (SSD):
 //
-// This version manages one tier, the host tier; the lookup and the lease are
-// the interface that the multi-tier hierarchy keeps.
+//   - lookups find the longest prefix of blocks cached in every layer, each
+//     page in whichever tier holds it, and pin it there (Lease.AcquirePrefix);
+//   - promotion copies a stored page up into memory on use (Promote);
+//   - demotion writes a page the memory tier evicts down to the store under
+//     WriteBack (Demote); under WriteThrough every committed page is already
+//     there;
+//   - pins keep the pages a request uses from eviction in every tier.
+//
+// The tiers index their own pages; the manager's lookup asks them fastest
+// first. A Manager is safe for concurrent use.
 type Manager struct {
-	tier   Tier
+	mem    Tier
+	store  Store
+	write  WritePolicy
 	layers int
+	log    hclog.Logger
+
+	// promoted holds pages Promote put into the memory tier that no lease
+	// has pinned since: if the tier evicts one first, its load was wasted.
+	// Guarded by promMu.
+	promMu   sync.Mutex
+	promoted map[PageKey]struct{}
+
+	wasted, demoted, demoteDropped, demoteErrors, promotedPages, privateLoads atomic.Uint64
+	memPages, storePages, missedBlocks                                        atomic.Uint64
 }
 
 // ManagerOptions configure a Manager.
 type ManagerOptions struct {
-	// Tier is where pages live.
+	// Tier is the memory tier where pages are used in place.
 	Tier Tier
+	// Store is the optional lower tier, below Tier.
+	Store Store
+	// Write is how pages reach Store.
+	Write WritePolicy
 	// Layers is the number of layers whose pages make up a cached block: a
 	// block counts as cached only when every layer's page is present.
 	Layers int
+	// Log receives demotion failures; nil discards them.
+	Log hclog.Logger
 }
 
-// NewManager returns a manager over o.Tier.
+// NewManager returns a manager over o.Tier and o.Store. The memory tier's
+// evictions must reach Demote (HostOptions.OnEvict) for WriteBack to write
+// pages down.
 func NewManager(o ManagerOptions) (*Manager, error) {
 	if o.Tier == nil {
 		return nil, errors.New("kv manager: no tier")
@@ -33,80 +96,311 @@ func NewManager(o ManagerOptions) (*Manager, error) {
 	if o.Layers <= 0 {
 		return nil, fmt.Errorf("kv manager: %d layers: must be positive", o.Layers)
 	}
-	return &Manager{tier: o.Tier, layers: o.Layers}, nil
+	if o.Log == nil {
+		o.Log = hclog.NewNullLogger()
+	}
+	return &Manager{mem: o.Tier, store: o.Store, write: o.Write, layers: o.Layers, log: o.Log, promoted: map[PageKey]struct{}{}}, nil
 }
 
 // Layers returns the number of layers per block.
 func (m *Manager) Layers() int { return m.layers }
 
+// Store returns the lower tier, or nil.
+func (m *Manager) Store() Store { return m.store }
+
 // Stats returns the counters of every tier, fastest first.
-func (m *Manager) Stats() []TierStats { return []TierStats{m.tier.Stats()} }
+func (m *Manager) Stats() []TierStats {
+	s := []TierStats{m.mem.Stats()}
+	if m.store != nil {
+		s = append(s, m.store.Stats())
+	}
+	return s
+}
+
+// ManagerStats are the manager's own counters.
+type ManagerStats struct {
+	// MemoryPages and StorePages count the pages prefix lookups found in
+	// the memory tier and in the store; MissedBlocks counts lookups that
+	// stopped at a block missing a layer (not those that ran out of keys).
+	MemoryPages, StorePages, MissedBlocks uint64
+	// Promoted counts pages copied up from the store into memory;
+	// PrivateLoads counts loaded pages the memory tier had no room for,
+	// used by their request alone.
+	Promoted, PrivateLoads uint64
+	// Wasted counts promoted pages evicted before any request used them.
+	Wasted uint64
+	// Demoted counts pages written down on eviction; DemoteDropped those
+	// the store had no room for, DemoteErrors those it failed to write.
+	Demoted, DemoteDropped, DemoteErrors uint64
+}
+
+// ManagerStats returns a snapshot of the manager's counters.
+func (m *Manager) ManagerStats() ManagerStats {
+	return ManagerStats{MemoryPages: m.memPages.Load(), StorePages: m.storePages.Load(), MissedBlocks: m.missedBlocks.Load(),
+		Promoted: m.promotedPages.Load(), PrivateLoads: m.privateLoads.Load(), Wasted: m.wasted.Load(),
+		Demoted: m.demoted.Load(), DemoteDropped: m.demoteDropped.Load(), DemoteErrors: m.demoteErrors.Load()}
+}
+
+// Demote handles a page the memory tier evicts: under WriteBack it is
+// written to the store unless the store has it. It must be called before the
+// page's bytes are reused (HostOptions.OnEvict is).
+func (m *Manager) Demote(p *Page) {
+	m.promMu.Lock()
+	if _, ok := m.promoted[p.Key]; ok {
+		delete(m.promoted, p.Key)
+		m.wasted.Add(1)
+	}
+	m.promMu.Unlock()
+	if m.store == nil || m.write != WriteBack || m.store.Contains(p.Key) {
+		return
+	}
+	switch err := m.store.Write(p); {
+	case err == nil:
+		m.demoted.Add(1)
+	case errors.Is(err, ErrNoSpace) || errors.Is(err, ErrTooLarge):
+		m.demoteDropped.Add(1)
+	default:
+		// Eviction cannot fail: the page is dropped, as it would be with no
+		// store, and the failure counted and logged.
+		if m.demoteErrors.Add(1) == 1 {
+			m.log.Error("demoting a page failed; further failures are counted, not logged", "page", p.Key, "tier", m.store.Name(), "error", err)
+		}
+	}
+}
+
+// Flush writes every page of the memory tier that the store lacks down to
+// it, under WriteBack, so that a store that outlives the process (SSD) has
+// what a write-through one would: call it before the store closes. It
+// returns the number of pages written.
+func (m *Manager) Flush() (int, error) {
+	if m.store == nil || m.write != WriteBack {
+		return 0, nil
+	}
+	n := 0
+	var err error
+	m.mem.Range(func(p *Page) bool {
+		if m.store.Contains(p.Key) {
+			return true
+		}
+		if werr := m.store.Write(p); werr != nil {
+			if errors.Is(werr, ErrNoSpace) || errors.Is(werr, ErrTooLarge) {
+				return true // the rest of the store is pinned: nothing lost
+			}
+			err = fmt.Errorf("flush %s to %s tier: %w", p.Key, m.store.Name(), werr)
+			return false
+		}
+		n++
+		return true
+	})
+	return n, err
+}
+
+// Promote loads key's page from the store and copies it into the memory
+// tier, unpinned and most recent, where the lease of the request that needs
+// it finds it with PinResident. It returns the loaded copy, which stays
+// valid and is the page to use when the memory tier had no room for it (or
+// evicted it before use). A page whose checksum fails comes back as
+// ErrChecksum and must be recomputed.
+func (m *Manager) Promote(ctx context.Context, key PageKey) (*Page, error) {
+	if m.store == nil {
+		return nil, fmt.Errorf("promote %s: %w", key, ErrNotFound)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	p, err := m.store.Read(key, nil)
+	if err != nil {
+		return nil, fmt.Errorf("promote %s from %s: %w", key, m.store.Name(), err)
+	}
+	m.promMu.Lock()
+	m.promoted[key] = struct{}{}
+	m.promMu.Unlock()
+	stored, err := m.mem.Put(p)
+	if err != nil {
+		m.promMu.Lock()
+		delete(m.promoted, key)
+		m.promMu.Unlock()
+		if errors.Is(err, ErrNoSpace) || errors.Is(err, ErrTooLarge) {
+			m.privateLoads.Add(1)
+			return p, nil
+		}
+		return nil, fmt.Errorf("promote %s: %w", key, err)
+	}
+	// Unpinned, the page is the memory tier's most recent: the lease that
+	// asked for it pins it when its step runs.
+	if err := m.mem.Unpin(stored.Key); err != nil {
+		return nil, err
+	}
+	m.promotedPages.Add(1)
+	return p, nil
+}
 
 // NewLease returns an empty lease for one request.
 func (m *Manager) NewLease() *Lease { return &Lease{m: m} }
 
+// Slot is one page of a cached prefix. Page is set when the page is in the
+// memory tier, pinned there; it is nil when the page is in the store, pinned
+// there, and must be loaded before use.
+type Slot struct {
+	Key  PageKey
+	Page *Page
+}
+
 // Lease holds the pins of one request: the cached prefix it reuses and the
-// pages it commits. Release returns them all. A Lease is safe for concurrent
-// use.
+// pages it commits, in whichever tier each is. Release returns them all. A
+// Lease is safe for concurrent use.
 type Lease struct {
 	m *Manager
 
 	mu   sync.Mutex
-	keys []PageKey // pins held, in the order taken; guarded by mu
-	done bool      // set by Release; guarded by mu
+	pins []pin // pins held, in the order taken; guarded by mu
+	done bool  // set by Release; guarded by mu
+}
+
+// pin is one pin a lease holds, in the memory tier or in the store.
+type pin struct {
+	key   PageKey
+	store bool
 }
 
 // ErrReleased is returned by a lease used after Release.
 var ErrReleased = errors.New("lease released")
 
 // AcquirePrefix pins the pages of the longest run of leading blocks of keys
-// that are cached in every layer and returns them as pages[block][layer].
-// The lookup stops at the first block missing a layer; none of that block's
-// pages is pinned.
-func (l *Lease) AcquirePrefix(keys []BlockKey) ([][]*Page, error) {
+// whose every layer is cached, in memory or in the store, and returns them
+// as slots[block][layer]. The lookup stops at the first block missing a
+// layer; none of that block's pages stays pinned.
+func (l *Lease) AcquirePrefix(keys []BlockKey) ([][]Slot, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.done {
 		return nil, ErrReleased
 	}
-	var prefix [][]*Page
-	row := make([]PageKey, l.m.layers)
+	m := l.m
+	var prefix [][]Slot
 	for _, k := range keys {
-		for layer := range row {
-			row[layer] = PageKey{Block: k, Layer: layer}
+		// Look before pinning, so that a block missing a layer costs no
+		// hits or misses in the tiers.
+		for layer := range m.layers {
+			key := PageKey{Block: k, Layer: layer}
+			if !m.mem.Contains(key) && (m.store == nil || !m.store.Contains(key)) {
+				m.missedBlocks.Add(1)
+				return prefix, nil
+			}
 		}
-		pages, ok := l.m.tier.PinAll(row)
-		if !ok {
+		row := make([]Slot, m.layers)
+		taken := 0
+		for layer := range row {
+			key := PageKey{Block: k, Layer: layer}
+			row[layer].Key = key
+			if p, ok := m.mem.Pin(key); ok {
+				row[layer].Page = p
+				m.claim(key)
+			} else if m.store == nil || !m.store.Pin(key) {
+				break // evicted since it was looked at
+			}
+			taken++
+		}
+		if taken < m.layers {
+			for _, s := range row[:taken] {
+				l.unpin(pin{key: s.Key, store: s.Page == nil})
+			}
+			m.missedBlocks.Add(1)
 			break
 		}
-		l.keys = append(l.keys, row...)
-		prefix = append(prefix, pages)
+		for _, s := range row {
+			l.pins = append(l.pins, pin{key: s.Key, store: s.Page == nil})
+			if s.Page != nil {
+				m.memPages.Add(1)
+			} else {
+				m.storePages.Add(1)
+			}
+		}
+		prefix = append(prefix, row)
 	}
 	return prefix, nil
 }
 
-// Commit stores a completed page and keeps it pinned for the lease. If the
-// tier already holds a page with the same key (another request computed the
-// same prefix), that page is returned and pinned instead.
+// claim records that a lease uses a promoted page. It was not wasted.
+func (m *Manager) claim(key PageKey) {
+	m.promMu.Lock()
+	delete(m.promoted, key)
+	m.promMu.Unlock()
+}
+
+// ResidentHint reports whether key's page is in the memory tier now. It may
+// be evicted at any moment after; PinResident is the way to use it.
+func (m *Manager) ResidentHint(key PageKey) bool { return m.mem.Contains(key) }
+
+// PinResident pins key's page in the memory tier for the lease, if it is
+// there: a stored page of the prefix once Promote has brought it up.
+func (l *Lease) PinResident(key PageKey) (*Page, bool, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.done {
+		return nil, false, ErrReleased
+	}
+	p, ok := l.m.mem.Pin(key)
+	if !ok {
+		return nil, false, nil
+	}
+	l.m.claim(key)
+	l.pins = append(l.pins, pin{key: key})
+	return p, true, nil
+}
+
+// Commit stores a completed page in the memory tier and keeps it pinned for
+// the lease; under WriteThrough it also writes it to the store. If the
+// memory tier already holds a page with the same key (another request
+// computed the same prefix), that page is returned and pinned instead.
+//
+// When the memory tier has no room (ErrNoSpace, ErrTooLarge), the page goes
+// to the store under either policy, so the cache still gains it, and the
+// error is returned: the page stays private to the request. A store that
+// fails (a full disk) fails Commit.
 func (l *Lease) Commit(p *Page) (*Page, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.done {
 		return nil, ErrReleased
 	}
-	stored, err := l.m.tier.Put(p)
+	m := l.m
+	stored, err := m.mem.Put(p)
 	if err != nil {
+		if !errors.Is(err, ErrNoSpace) && !errors.Is(err, ErrTooLarge) {
+			return nil, err
+		}
+		if serr := m.writeDown(p); serr != nil {
+			return nil, serr
+		}
 		return nil, err
 	}
-	l.keys = append(l.keys, stored.Key)
+	l.pins = append(l.pins, pin{key: stored.Key})
+	if m.write == WriteThrough {
+		if err := m.writeDown(p); err != nil {
+			return nil, err
+		}
+	}
 	return stored, nil
+}
+
+// writeDown writes p to the store, if there is one and it lacks p. A store
+// without room is not an error: the page is simply not cached there.
+func (m *Manager) writeDown(p *Page) error {
+	if m.store == nil || m.store.Contains(p.Key) {
+		return nil
+	}
+	if err := m.store.Write(p); err != nil && !errors.Is(err, ErrNoSpace) && !errors.Is(err, ErrTooLarge) {
+		return fmt.Errorf("write %s to %s tier: %w", p.Key, m.store.Name(), err)
+	}
+	return nil
 }
 
 // Pins returns the number of pins the lease holds.
 func (l *Lease) Pins() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return len(l.keys)
+	return len(l.pins)
 }
 
 // Release unpins every page of the lease, last pinned first, so that a
@@ -121,11 +415,19 @@ func (l *Lease) Release() error {
 	}
 	l.done = true
 	var errs []error
-	for i := len(l.keys) - 1; i >= 0; i-- {
-		if err := l.m.tier.Unpin(l.keys[i]); err != nil {
+	for i := len(l.pins) - 1; i >= 0; i-- {
+		if err := l.unpin(l.pins[i]); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	l.keys = nil
+	l.pins = nil
 	return errors.Join(errs...)
+}
+
+// unpin releases one pin. Called with l.mu held.
+func (l *Lease) unpin(p pin) error {
+	if p.store {
+		return l.m.store.Unpin(p.key)
+	}
+	return l.m.mem.Unpin(p.key)
 }

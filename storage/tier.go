@@ -35,6 +35,13 @@ type Tier interface {
 	// Pin returns the page stored under key and pins it, or false if the tier
 	// does not hold it. Every successful Pin needs one Unpin.
 	Pin(key PageKey) (*Page, bool)
+	// Contains reports whether the tier holds key, without counting a hit
+	// or a miss. Unless the page is pinned it may be evicted at any moment
+	// after.
+	Contains(key PageKey) bool
+	// Range calls fn for the pages stored, in no particular order, until fn
+	// returns false. A page is valid during the call only.
+	Range(fn func(*Page) bool)
 	// PinAll pins the pages of every key, or none of them if any is absent:
 	// a block is only usable when all its layers are present. It counts a
 	// hit per page on success and a miss per absent page on failure.
