@@ -281,9 +281,48 @@ func TestManagerDemoteFailureIsCounted(t *testing.T) {
 
 // TestManagerStress runs leases that look up, promote, commit and release
 // over a small host tier and a store, concurrently under -race, and checks
-// that every page handed out has its key's bytes and no pin is left.
+// that every page handed out has its key's bytes and no pin is left: over
+// the in-memory store, and over a real SSD tier small enough to evict too.
 func TestManagerStress(t *testing.T) {
-	m, h, st := tieredManager(t, 16, WriteBack)
+	t.Run("memstore", func(t *testing.T) {
+		m, h, st := tieredManager(t, 16, WriteBack)
+		stressManager(t, m)
+		if st.pinned() != 0 || h.Stats().PinnedBytes != 0 {
+			t.Fatalf("pins left: store %d, host %d bytes", st.pinned(), h.Stats().PinnedBytes)
+		}
+	})
+	t.Run("ssd", func(t *testing.T) {
+		for _, w := range []WritePolicy{WriteBack, WriteThrough} {
+			ssd, err := OpenSSDTier(SSDOptions{Dir: t.TempDir(), Capacity: 12 * 128, GCInterval: -1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var m *Manager
+			h, err := NewHostTier(HostOptions{Capacity: 16 * 128, MinBlock: 128, OnEvict: func(p *Page) { m.Demote(p) }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			m, err = NewManager(ManagerOptions{Tier: h, Store: ssd, Write: w, Layers: 2})
+			if err != nil {
+				t.Fatal(err)
+			}
+			stressManager(t, m)
+			if s := ssd.Stats(); s.PinnedBytes != 0 || s.UsedBytes > s.CapacityBytes || s.ChecksumFailures != 0 {
+				t.Fatalf("%v: ssd tier after the stress: %+v", w, s)
+			}
+			if h.Stats().PinnedBytes != 0 {
+				t.Fatalf("%v: host pins left", w)
+			}
+			if err := ssd.Close(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+}
+
+func stressManager(t *testing.T, m *Manager) {
+	t.Helper()
+	h := m.mem
 	var wg sync.WaitGroup
 	for w := range 8 {
 		wg.Go(func() {
@@ -332,9 +371,6 @@ func TestManagerStress(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	if st.pinned() != 0 || h.Stats().PinnedBytes != 0 {
-		t.Fatalf("pins left: store %d, host %d bytes", st.pinned(), h.Stats().PinnedBytes)
-	}
 	if s := h.Stats(); s.UsedBytes > s.CapacityBytes {
 		t.Fatalf("host uses %d of %d bytes", s.UsedBytes, s.CapacityBytes)
 	}
