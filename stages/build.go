@@ -8,8 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"syscall"
 	"strings"
+	"syscall"
 
 	"github.com/dustin/go-humanize"
 	"github.com/hashicorp/hcl/v2"
