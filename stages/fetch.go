@@ -43,7 +43,12 @@ func (f *Fetch) Process(ctx context.Context, s *Step) (*Step, error) {
 
 func (f *Fetch) lookup(r *Request, seq *Sequence) error {
 	b := f.env.BlockTokens
-	seq.Keys = BlockKeys(r, b)
+	seq.Keys = r.Keys
+	if seq.Keys == nil {
+		seq.Keys = BlockKeys(r, b)
+	} else if max := len(r.Tokens) / b; len(seq.Keys) > max {
+		return fmt.Errorf("request %s: %d block keys for %d full blocks", r.ID, len(seq.Keys), max)
+	}
 	seq.mu.Lock()
 	seq.Lease = f.env.Manager.NewLease()
 	seq.pool = f.env.Pool

@@ -37,6 +37,11 @@ type Report struct {
 	Memory          MemoryReport        `json:"memory"`
 	// Error is the run's error, if it failed.
 	Error string `json:"error,omitempty"`
+
+	// StepStalls holds, for every step attend computed, how long it waited
+	// for its pages, in seconds, in the order steps finished. It is not in
+	// the JSON (a run has millions of steps); sweeps plot its distribution.
+	StepStalls []float64 `json:"-"`
 }
 
 // ModelReport describes the model and page geometry of the run.

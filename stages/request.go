@@ -25,6 +25,17 @@ type Request struct {
 	// Images are the runs of image tokens, whose content hashes enter the
 	// keys of the blocks they fall in.
 	Images []ImageRun
+	// Keys, if set, are the keys of the request's full blocks as its source
+	// knows them (a trace's prefix hashes): fetch uses them instead of
+	// hashing the tokens. There may be fewer keys than full blocks; the
+	// blocks after the last key are private to the request.
+	Keys []storage.BlockKey
+	// Synthetic marks a replayed request whose prompt K/V are not computed:
+	// attend fills the pages of its prompt with bytes derived from each
+	// block's key and layer (FillPage), and checks that every page it reads
+	// from the cache holds exactly those bytes. Its decode steps run real
+	// attention over them.
+	Synthetic bool
 	// Done, if not nil, is closed by Plan.Run once the request's last step
 	// has left the chain. Sources use it to hold back work that depends on
 	// the request (the chat source issues a session's next turn after it).

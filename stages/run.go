@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -19,6 +20,10 @@ type RunOptions struct {
 	Log hclog.Logger
 	// Progress is the interval of progress log lines; 0 means none.
 	Progress time.Duration
+	// OnProgress, if set, is called every Progress interval (every second
+	// if Progress is 0) with the run's progress, from one goroutine, and
+	// replaces the progress log lines: a terminal draws a bar with it.
+	OnProgress func(Progress)
 	// OnStep, if set, sees every step that reached the end of the chain, in
 	// order per request (tests use it to inspect outputs). The step's KV
 	// view and ready pages are gone by then (their memory may already be
@@ -118,7 +123,14 @@ func (p *Plan) Run(ctx context.Context, o RunOptions) (*Report, error) {
 		node = pipeline.Then(node, st, ps.Options)
 	}
 	var done atomic.Int64
+	var stallMu sync.Mutex
+	var stalls []float64
 	pipeline.Sink(node, "report", func(ctx context.Context, s *Step) error {
+		if !s.Cached {
+			stallMu.Lock()
+			stalls = append(stalls, s.Stall.Seconds())
+			stallMu.Unlock()
+		}
 		s.KV = nil
 		if o.OnStep != nil {
 			o.OnStep(s)
@@ -138,7 +150,7 @@ func (p *Plan) Run(ctx context.Context, o RunOptions) (*Report, error) {
 		return nil
 	})
 
-	stopProgress := p.progress(log, o.Progress, &done, total, env)
+	stopProgress := p.progress(log, o, &done, total, env)
 	start := time.Now()
 	runErr := pl.Run(ctx)
 	wall := time.Since(start)
@@ -161,6 +173,7 @@ func (p *Plan) Run(ctx context.Context, o RunOptions) (*Report, error) {
 	// The report describes the tiers as the run left them, before the ssd
 	// tier closes.
 	r := newReport(p, env, pl.Metrics(), mgr, pfStats, memoryReport(host, pool), wall)
+	r.StepStalls = stalls
 	if err := closeStores(); err != nil && runErr == nil {
 		runErr = fmt.Errorf("ssd tier: %w", err)
 	}
@@ -175,25 +188,49 @@ func (p *Plan) ssdWrite() storage.WritePolicy {
 	return p.SSD.Write
 }
 
-// progress logs a line every interval until the returned function is called.
-func (p *Plan) progress(log hclog.Logger, every time.Duration, done *atomic.Int64, total int, env *Env) func() {
+// Progress is a snapshot of a run's progress.
+type Progress struct {
+	// Done counts requests finished; Total is how many the source will
+	// emit (0 when it cannot tell).
+	Done, Total int64
+	Elapsed     time.Duration
+	// PrefixHitRatio is cached over prompt tokens so far.
+	PrefixHitRatio float64
+}
+
+// progress reports the run's progress every interval, to o.OnProgress or
+// as a log line, until the returned function is called.
+func (p *Plan) progress(log hclog.Logger, o RunOptions, done *atomic.Int64, total int, env *Env) func() {
+	every := o.Progress
+	if o.OnProgress != nil && every <= 0 {
+		every = time.Second
+	}
 	if every <= 0 {
 		return func() {}
 	}
 	quit, exited := make(chan struct{}), make(chan struct{})
+	start := time.Now()
+	snapshot := func() Progress {
+		c := env.Counters()
+		return Progress{Done: done.Load(), Total: int64(total), Elapsed: time.Since(start),
+			PrefixHitRatio: ratio(c.CachedTokens, c.PromptTokens)}
+	}
 	go func() {
 		defer close(exited)
 		t := time.NewTicker(every)
 		defer t.Stop()
-		start := time.Now()
 		for {
 			select {
 			case <-quit:
 				return
 			case <-t.C:
-				c := env.Counters()
-				args := []any{"requests", done.Load(), "elapsed", time.Since(start).Round(time.Second),
-					"prefix_hit_ratio", fmt.Sprintf("%.3f", ratio(c.CachedTokens, c.PromptTokens))}
+				pr := snapshot()
+				if o.OnProgress != nil {
+					o.OnProgress(pr)
+					continue
+				}
+				args := []any{"requests", pr.Done, "elapsed", pr.Elapsed.Round(time.Second),
+					"prefix_hit_ratio", fmt.Sprintf("%.3f", pr.PrefixHitRatio)}
 				if total > 0 {
 					args = append(args, "total", total)
 				}
@@ -204,6 +241,9 @@ func (p *Plan) progress(log hclog.Logger, every time.Duration, done *atomic.Int6
 	return func() {
 		close(quit)
 		<-exited
+		if o.OnProgress != nil {
+			o.OnProgress(snapshot()) // the final state
+		}
 	}
 }
 
