@@ -96,7 +96,7 @@ func (c *Cache) check() hcl.Diagnostics {
 			diags = append(diags, errorAt(t.DeclRange, "Duplicate tier", fmt.Sprintf("Tier %q is configured twice.", t.Name)))
 		}
 		seen[t.Name] = true
-		if _, err := ParseSize(t.Capacity); err != nil {
+		if _, err := ParseCapacity(t.Capacity); err != nil {
 			diags = append(diags, errorAt(AttrRange(t.Body, "capacity", t.DeclRange), "Invalid capacity", err.Error()+"."))
 		}
 		diags = append(diags, t.check()...)

@@ -67,7 +67,11 @@ type Source struct {
 	// Limit stops the source after this many requests.
 	Limit *int `hcl:"limit,optional"`
 	// MaxActive bounds the requests whose steps are interleaved at once.
-	MaxActive *int      `hcl:"max_active,optional"`
+	MaxActive *int `hcl:"max_active,optional"`
+	// Payload is "full" (pages hold real bytes, the default) or "metadata"
+	// (pages are keys and sizes: the same cache decisions, no memory and no
+	// attention, for what-if studies of full-size models).
+	Payload   *string   `hcl:"payload,optional"`
 	Body      hcl.Body  `hcl:",remain"`
 	DeclRange hcl.Range `hcl:",def_range"`
 }

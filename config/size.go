@@ -28,3 +28,18 @@ func ParseSize(s string) (int64, error) {
 	}
 	return int64(n), nil
 }
+
+// Unlimited is what ParseCapacity returns for "unlimited".
+const Unlimited int64 = -1
+
+// ParseCapacity parses a tier's capacity: a size as ParseSize takes, "0"
+// (the tier is disabled) or "unlimited" (no bound, for what-if studies).
+func ParseCapacity(s string) (int64, error) {
+	switch strings.TrimSpace(s) {
+	case "unlimited":
+		return Unlimited, nil
+	case "0":
+		return 0, nil
+	}
+	return ParseSize(s)
+}

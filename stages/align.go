@@ -40,13 +40,21 @@ func (a *Align) Process(ctx context.Context, s *Step) (*Step, error) {
 		if i < len(seq.Keys) {
 			key = seq.Keys[i]
 		}
-		pg, err := env.newPage(seq, storage.PageKey{Block: key, Layer: s.Layer})
+		pk := storage.PageKey{Block: key, Layer: s.Layer}
+		if env.Metadata {
+			pages = append(pages, &storage.Page{Key: pk, Meta: env.MetaPageBytes()})
+			continue
+		}
+		pg, err := env.newPage(seq, pk)
 		if err != nil {
 			return nil, err
 		}
 		pages = append(pages, pg)
 	}
 	seq.pages[s.Layer] = pages
+	if env.Metadata {
+		return s, nil // no bytes, no view
+	}
 	kv := &model.PagedKV{
 		DType: env.DType, BlockTokens: b, KVHeads: env.Model.NumKVHeads, HeadDim: env.Model.HeadDim,
 		K: make([][]byte, blocks), V: make([][]byte, blocks),

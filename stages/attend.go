@@ -36,11 +36,27 @@ func (a *Attend) Process(ctx context.Context, s *Step) (*Step, error) {
 	if s.Cached {
 		return s, nil
 	}
-	if s.KV == nil {
+	env := a.env
+	if s.KV == nil && !env.Metadata {
 		return nil, fmt.Errorf("no K/V view: is align before attend in the chain?")
 	}
-	if err := a.env.resolve(ctx, s); err != nil {
+	if err := env.resolve(ctx, s); err != nil {
 		return nil, err
+	}
+	if env.Metadata || (s.Req.Synthetic && !s.Decode) {
+		// Nothing to compute: a metadata run has no bytes, and a replayed
+		// prompt's pages are filled, not computed.
+		if !env.Metadata {
+			env.fill(s)
+		}
+		s.Seq.wrote(s.Layer, s.End)
+		if s.Layer == 0 {
+			env.computedTokens.Add(int64(s.End - s.Start))
+			if s.Decode {
+				env.decodeTokens.Add(int64(s.End - s.Start))
+			}
+		}
+		return s, nil
 	}
 	r, hidden := s.Req, a.env.Model.HiddenSize
 	n := s.End - s.Start

@@ -36,10 +36,14 @@ type Plan struct {
 	Limit        int
 	// MaxActive is the number of requests whose steps are interleaved.
 	MaxActive int
-	// HostCapacity is the host tier's capacity in bytes.
+	// HostCapacity is the host tier's capacity in bytes: 0 when the file
+	// disables it, storage.Unlimited when it has no bound.
 	HostCapacity int64
 	// PoolBytes is the size of the working pool's arena.
 	PoolBytes int64
+	// Metadata is set by payload = "metadata": pages are keys and sizes,
+	// a block's layers move as one page, and nothing is computed.
+	Metadata bool
 	// SSD is the ssd tier, nil when the cache has none.
 	SSD *SSDPlan
 	// PrefetchWorkers is the number of page loads from the ssd tier run at
@@ -75,6 +79,16 @@ type PlannedStage struct {
 func Build(f *config.File, reg *Registry) (*Plan, hcl.Diagnostics) {
 	p := &Plan{File: f}
 	var diags hcl.Diagnostics
+	if s := f.Source; s != nil && s.Payload != nil {
+		switch *s.Payload {
+		case "full":
+		case "metadata":
+			p.Metadata = true
+		default:
+			return nil, hcl.Diagnostics{config.ErrorAt(config.AttrRange(s.Body, "payload", s.DeclRange), "Invalid payload",
+				fmt.Sprintf(`payload = %q: want "full" (pages hold bytes) or "metadata" (keys and sizes only).`, *s.Payload))}
+		}
+	}
 	diags = append(diags, p.model(f.Model)...)
 	diags = append(diags, p.cache(f.Cache)...)
 	diags = append(diags, p.source(f, reg)...)
@@ -188,9 +202,10 @@ func (p *Plan) model(m *config.Model) hcl.Diagnostics {
 	if err := cfg.Validate(); err != nil {
 		return hcl.Diagnostics{config.ErrorAt(at, "Invalid model", err.Error()+".")}
 	}
-	// The layers' float32 weights are the run's largest allocation.
+	// The layers' float32 weights are the run's largest allocation; a
+	// metadata run builds none.
 	weights := weightBytes(cfg)
-	if avail := availableMemory(); avail > 0 && weights > avail {
+	if avail := availableMemory(); avail > 0 && weights > avail && !p.Metadata {
 		r := at
 		if m.Layers != nil {
 			r = attr("layers")
@@ -241,9 +256,22 @@ func (p *Plan) cache(c *config.Cache) hcl.Diagnostics {
 	}
 	for _, t := range c.Tiers {
 		capAt := config.AttrRange(t.Body, "capacity", t.DeclRange)
-		n, _ := config.ParseSize(t.Capacity) // checked by config
+		n, _ := config.ParseCapacity(t.Capacity) // checked by config
 		page := int64(2 * p.Model.NumKVHeads * c.BlockTokens * p.Model.HeadDim * p.DType.Size())
+		if p.Metadata {
+			page *= int64(max(p.Model.NumLayers, 1)) // a block's layers move as one
+		}
+		if n == config.Unlimited {
+			if t.Name == "host" && !p.Metadata {
+				return hcl.Diagnostics{config.ErrorAt(capAt, "Unlimited host tier",
+					`An unlimited host tier needs payload = "metadata": with real bytes, the host tier is an arena in memory.`)}
+			}
+			n = storage.Unlimited
+		}
 		if t.Name == "ssd" {
+			if n == 0 {
+				continue // disabled
+			}
 			if p.Model.HiddenSize > 0 && n < page {
 				return hcl.Diagnostics{config.ErrorAt(capAt, "Capacity below one page",
 					fmt.Sprintf("capacity %d bytes is smaller than one page (%d bytes: K and V of %d tokens).", n, page, c.BlockTokens))}
@@ -262,6 +290,9 @@ func (p *Plan) cache(c *config.Cache) hcl.Diagnostics {
 			continue
 		}
 		p.HostCapacity = n
+		if n == 0 || p.Metadata {
+			continue // no arena: disabled, or sizes only
+		}
 		// The host tier and the pool hold their pages in arenas of the next
 		// power of two, beside the model's weights, all in process memory.
 		arenas := nextPow2(n) + nextPow2(p.PoolBytes)

@@ -35,8 +35,16 @@ type Env struct {
 	Prefetcher *storage.Prefetcher
 	// Log receives the stages' messages.
 	Log hclog.Logger
+	// Metadata is set for payload = "metadata": pages are keys and sizes,
+	// one page holds a block's every layer, each chunk is one step, and
+	// attend computes nothing.
+	Metadata bool
 
 	layers []*model.Attention
+
+	// inflight holds a token per request admitted and not yet finished,
+	// when Plan.Run bounds requests in flight (max_active); nil otherwise.
+	inflight chan struct{}
 
 	mu sync.Mutex
 	// live holds the sequences whose pins are taken, so that a failed or
@@ -47,6 +55,8 @@ type Env struct {
 	promptTokens   atomic.Int64
 	cachedTokens   atomic.Int64
 	computedTokens atomic.Int64 // tokens attended, counted once (at layer 0)
+	lookupPages    atomic.Int64 // prefix pages lookups asked for (usable blocks × layers)
+	verifiedPages  atomic.Int64 // loaded pages of synthetic requests checked against FillPage
 	decodeTokens   atomic.Int64
 	committedPages atomic.Int64
 	commitFailures atomic.Int64 // pages kept private: the tier had no room
@@ -69,6 +79,7 @@ type EnvOptions struct {
 	Pool       *storage.Pool
 	Prefetcher *storage.Prefetcher
 	Log        hclog.Logger
+	Metadata   bool
 }
 
 // NewEnv builds the model's layers with seeded random weights and returns the
@@ -83,18 +94,25 @@ func NewEnv(o EnvOptions) (*Env, error) {
 	if o.PrefillChunk < o.BlockTokens || o.PrefillChunk%o.BlockTokens != 0 {
 		return nil, fmt.Errorf("prefill_chunk %d: must be a positive multiple of block_tokens (%d)", o.PrefillChunk, o.BlockTokens)
 	}
-	if o.Manager == nil || o.Pool == nil {
+	if o.Manager == nil || (o.Pool == nil && !o.Metadata) {
 		return nil, fmt.Errorf("no KV manager or memory pool")
 	}
-	if o.Manager.Layers() != o.Model.NumLayers {
-		return nil, fmt.Errorf("KV manager has %d layers, model %d", o.Manager.Layers(), o.Model.NumLayers)
+	layers := o.Model.NumLayers
+	if o.Metadata {
+		layers = 1
+	}
+	if o.Manager.Layers() != layers {
+		return nil, fmt.Errorf("KV manager has %d layers, the run %d", o.Manager.Layers(), layers)
 	}
 	if o.Log == nil {
 		o.Log = hclog.NewNullLogger()
 	}
 	e := &Env{
 		Model: o.Model, DType: o.DType, BlockTokens: o.BlockTokens, PrefillChunk: o.PrefillChunk,
-		Manager: o.Manager, Pool: o.Pool, Prefetcher: o.Prefetcher, Log: o.Log,
+		Manager: o.Manager, Pool: o.Pool, Prefetcher: o.Prefetcher, Log: o.Log, Metadata: o.Metadata,
+	}
+	if o.Metadata {
+		return e, nil // no weights: nothing is computed
 	}
 	for l := range o.Model.NumLayers {
 		a, err := model.NewAttention(o.Model, model.RandomWeights(o.Model, l, o.Seed))
@@ -139,6 +157,19 @@ func (e *Env) ReleaseAll() error {
 	return errors.Join(errs...)
 }
 
+// Layers returns the number of layers a request's steps run: the model's,
+// or 1 in a metadata run, where a page holds all of a block's layers.
+func (e *Env) Layers() int {
+	if e.Metadata {
+		return 1
+	}
+	return e.Model.NumLayers
+}
+
+// MetaPageBytes is the size of a page in a metadata run: K and V of every
+// layer of a block.
+func (e *Env) MetaPageBytes() int64 { return 2 * int64(e.PageBytes()) * int64(e.Model.NumLayers) }
+
 // Layer returns the attention of layer l.
 func (e *Env) Layer(l int) *model.Attention { return e.layers[l] }
 
@@ -161,6 +192,8 @@ type Counters struct {
 	DemandLoads    int64
 	Recomputed     int64
 	Stall          time.Duration
+	LookupPages    int64
+	VerifiedPages  int64
 }
 
 // Counters returns a snapshot of the run's counters.
@@ -178,5 +211,7 @@ func (e *Env) Counters() Counters {
 		DemandLoads:    e.demandLoads.Load(),
 		Recomputed:     e.recomputed.Load(),
 		Stall:          time.Duration(e.stallNanos.Load()),
+		LookupPages:    e.lookupPages.Load(),
+		VerifiedPages:  e.verifiedPages.Load(),
 	}
 }

@@ -4,7 +4,7 @@ package stages
 // chunk through every layer, then each decode token through every layer.
 // Every step shares one Sequence.
 func (e *Env) Steps(r *Request) []*Step {
-	layers := e.Model.NumLayers
+	layers := e.Layers()
 	seq := newSequence(layers)
 	var steps []*Step
 	add := func(start, end int, decode bool) {

@@ -56,7 +56,8 @@ func (f *Fetch) lookup(r *Request, seq *Sequence) error {
 	// Reuse at most the blocks before the last prompt token: that token must
 	// be computed to produce the first output.
 	usable := min(len(seq.Keys), (r.PromptLen-1)/b)
-	prefix, err := seq.Lease.AcquirePrefix(seq.Keys[:usable])
+	f.env.lookupPages.Add(int64(max(usable, 0) * f.env.Layers()))
+	prefix, err := seq.Lease.AcquirePrefix(seq.Keys[:max(usable, 0)])
 	if err != nil {
 		return fmt.Errorf("prefix lookup: %w", err)
 	}

@@ -10,29 +10,29 @@ import (
 	"github.com/kvflow/kvflow/storage"
 )
 
-// resolve fills in the step's view with the cached pages that were in the
-// store: each from the memory tier when its load promoted it there, else the
-// loaded copy, else, when the stored copy failed its checksum, recomputed.
-// It waits only for loads that have not finished, and counts that wait as
-// the step's stall.
+// resolve takes the step's cached pages that were in the store: each from
+// the memory tier when its load promoted it there, else the loaded copy,
+// else, when the stored copy failed its checksum, recomputed; and fills
+// them into the step's view (none in a metadata run). It waits only for
+// loads that have not finished, and counts that wait as the step's stall.
 func (e *Env) resolve(ctx context.Context, s *Step) error {
+	seq := s.Seq
+	blocks := (s.End + e.BlockTokens - 1) / e.BlockTokens
 	var missing []int
-	for i, k := range s.KV.K {
-		if k == nil {
+	seq.mu.Lock()
+	// A view built before an earlier step took a page still lacks it;
+	// loadPage then finds the page in the sequence.
+	for i, pg := range seq.pages[s.Layer][:min(blocks, len(seq.pages[s.Layer]))] {
+		if pg == nil || (s.KV != nil && s.KV.K[i] == nil) {
 			missing = append(missing, i)
 		}
-	}
-	if len(missing) == 0 {
-		return nil
 	}
 	// Ask for every page the step lacks before waiting for any: a page
 	// nobody has asked for yet (there is no prefetch stage, or it was
 	// evicted) loads on demand, all of them at once.
 	if e.Prefetcher != nil {
-		seq := s.Seq
-		seq.mu.Lock()
 		for _, i := range missing {
-			if seq.pages[s.Layer][i] != nil || i >= len(seq.Keys) {
+			if i >= len(seq.Keys) || seq.pages[s.Layer][i] != nil {
 				continue
 			}
 			key := storage.PageKey{Block: seq.Keys[i], Layer: s.Layer}
@@ -46,14 +46,16 @@ func (e *Env) resolve(ctx context.Context, s *Step) error {
 				e.Prefetcher.Fetch(key, storage.PriorityNow) // move it to the front
 			}
 		}
-		seq.mu.Unlock()
 	}
+	seq.mu.Unlock()
 	for _, i := range missing {
 		pg, err := e.loadPage(ctx, s, i)
 		if err != nil {
 			return err
 		}
-		s.KV.K[i], s.KV.V[i] = pg.K, pg.V
+		if s.KV != nil {
+			s.KV.K[i], s.KV.V[i] = pg.K, pg.V
+		}
 	}
 	return nil
 }
@@ -83,6 +85,9 @@ func (e *Env) loadPage(ctx context.Context, s *Step, i int) (*storage.Page, erro
 	if ok {
 		if ld != nil {
 			e.loadsOnTime.Add(1)
+		}
+		if err := e.verify(s, pg); err != nil {
+			return nil, err
 		}
 		return e.settle(seq, key, i, pg), nil
 	}
@@ -120,7 +125,23 @@ func (e *Env) loadPage(ctx context.Context, s *Step, i int) (*storage.Page, erro
 	} else if ok {
 		pg = rp
 	}
+	if err := e.verify(s, pg); err != nil {
+		return nil, err
+	}
 	return e.settle(seq, key, i, pg), nil
+}
+
+// verify checks a page of a replayed request that came back from a tier
+// against the bytes FillPage gave it.
+func (e *Env) verify(s *Step, pg *storage.Page) error {
+	if !s.Req.Synthetic || e.Metadata {
+		return nil
+	}
+	if err := VerifyPage(pg, e.DType); err != nil {
+		return err
+	}
+	e.verifiedPages.Add(1)
+	return nil
 }
 
 // settle records page i of key's layer as resolved.

@@ -29,6 +29,17 @@ type Report struct {
 	Tokens          TokenReport         `json:"tokens"`
 	PrefixHitRatio  float64             `json:"prefix_hit_ratio"`
 	TokensPerSecond float64             `json:"tokens_per_second"`
+	// RequestsPerSecond is requests over the run's wall time: the replay
+	// rate of a trace.
+	RequestsPerSecond float64 `json:"requests_per_second"`
+	// Payload is "full" or "metadata".
+	Payload string `json:"payload"`
+	// HitRatios are, per tier, the share of the prefix pages lookups asked
+	// for that the tier served; what neither served was computed.
+	HitRatios map[string]float64 `json:"hit_ratios"`
+	// VerifiedPages counts pages of replayed requests loaded from the ssd
+	// tier and checked against their known contents.
+	VerifiedPages int64 `json:"verified_pages"`
 	Pages           PageReport          `json:"pages"`
 	Stages          []StageReport       `json:"stages"`
 	Tiers           []storage.TierStats `json:"tiers"`
@@ -140,9 +151,18 @@ func arenaReport(s storage.BuddyStats) ArenaReport {
 	return ArenaReport{SizeBytes: s.Size, UsedBytes: s.Used, PeakBytes: s.Peak, LargestFreeBytes: s.LargestFree, Fragmentation: s.Fragmentation}
 }
 
+// memoryReport describes the arenas; a metadata run, or one with the host
+// tier disabled, has none of the host's (and a metadata run no pool).
 func memoryReport(host *storage.HostTier, pool *storage.Pool) MemoryReport {
-	ps := pool.Stats()
-	return MemoryReport{HostArena: arenaReport(host.Arena()), Pool: arenaReport(ps.Arena), PoolAllocs: ps.Allocs, PoolFailures: ps.Failures}
+	var m MemoryReport
+	if host != nil {
+		m.HostArena = arenaReport(host.Arena())
+	}
+	if pool != nil {
+		ps := pool.Stats()
+		m.Pool, m.PoolAllocs, m.PoolFailures = arenaReport(ps.Arena), ps.Allocs, ps.Failures
+	}
+	return m
 }
 
 // StageReport is one stage's line.
@@ -185,6 +205,16 @@ func newReport(p *Plan, env *Env, metrics []pipeline.StageMetrics, mgr *storage.
 	}
 	if secs > 0 {
 		r.TokensPerSecond = float64(c.ComputedTokens) / secs
+		r.RequestsPerSecond = float64(c.Requests) / secs
+	}
+	r.Payload = "full"
+	if p.Metadata {
+		r.Payload = "metadata"
+	}
+	r.VerifiedPages = c.VerifiedPages
+	r.HitRatios = map[string]float64{"host": ratio(int64(kvs.MemoryPages), c.LookupPages)}
+	if len(r.Tiers) > 1 {
+		r.HitRatios[r.Tiers[1].Name] = ratio(int64(kvs.StorePages), c.LookupPages)
 	}
 	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 	for _, m := range metrics {
@@ -255,11 +285,12 @@ func (r *Report) WriteText(w io.Writer) error {
 	fmt.Fprintf(w, "cached tokens     %d\n", r.Tokens.Cached)
 	fmt.Fprintf(w, "prefix hit ratio  %.3f\n", r.PrefixHitRatio)
 	fmt.Fprintf(w, "computed tokens   %d (%d decode)\n", r.Tokens.Computed, r.Tokens.Decode)
-	fmt.Fprintf(w, "tokens/s          %.1f\n", r.TokensPerSecond)
+	fmt.Fprintf(w, "tokens/s          %.1f (%.1f requests/s)\n", r.TokensPerSecond, r.RequestsPerSecond)
 	fmt.Fprintf(w, "pages committed   %d (%d kept private: tier full)\n", r.Pages.Committed, r.Pages.CommitFailures)
 	if len(r.Tiers) > 1 {
 		pf := r.Prefetch
-		fmt.Fprintf(w, "prefix pages      %d in host, %d in ssd\n", r.Lookup.MemoryPages, r.Lookup.StorePages)
+		fmt.Fprintf(w, "prefix pages      %d in host, %d in ssd (hit ratios %.3f, %.3f)\n", r.Lookup.MemoryPages, r.Lookup.StorePages,
+			r.HitRatios["host"], r.HitRatios["ssd"])
 		fmt.Fprintf(w, "loads             %d issued (%d on demand), %d on time, %d late, %d wasted, %s\n",
 			pf.Issued, pf.Demand, pf.OnTime, pf.Late, pf.Wasted, humanize.IBytes(pf.LoadedBytes))
 		fmt.Fprintf(w, "attend stall      %.3fs\n", pf.StallSeconds)

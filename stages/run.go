@@ -48,14 +48,26 @@ func (p *Plan) Run(ctx context.Context, o RunOptions) (*Report, error) {
 	// The host tier's evictions go down to the ssd tier through the
 	// manager, which exists once both tiers do.
 	var mgr *storage.Manager
-	host, err := storage.NewHostTier(storage.HostOptions{Capacity: p.HostCapacity, MinBlock: minBlock,
-		OnEvict: func(pg *storage.Page) { mgr.Demote(pg) }})
+	demote := func(pg *storage.Page) { mgr.Demote(pg) }
+	var mem storage.Tier
+	var host *storage.HostTier // nil in a metadata run or with the host tier disabled
+	var err error
+	if p.Metadata || p.HostCapacity == 0 {
+		mem, err = storage.NewMetaTier("host", p.HostCapacity, demote)
+	} else {
+		host, err = storage.NewHostTier(storage.HostOptions{Capacity: p.HostCapacity, MinBlock: minBlock, OnEvict: demote})
+		mem = host
+	}
 	if err != nil {
 		return nil, err
 	}
 	var ssd *storage.SSDTier
 	var store storage.Store
-	if p.SSD != nil {
+	if p.SSD != nil && p.Metadata {
+		if store, err = storage.NewMetaStore("ssd", p.SSD.Capacity); err != nil {
+			return nil, err
+		}
+	} else if p.SSD != nil {
 		t0 := time.Now()
 		ssd, err = storage.OpenSSDTier(storage.SSDOptions{Dir: p.SSD.Path, Capacity: p.SSD.Capacity, Sync: p.SSD.Sync,
 			Namespace: p.Namespace(), Log: log.Named("ssd")})
@@ -73,7 +85,11 @@ func (p *Plan) Run(ctx context.Context, o RunOptions) (*Report, error) {
 		}
 		return ssd.Close()
 	}
-	mgr, err = storage.NewManager(storage.ManagerOptions{Tier: host, Store: store, Write: p.ssdWrite(), Layers: p.Model.NumLayers, Log: log})
+	layers := p.Model.NumLayers
+	if p.Metadata {
+		layers = 1 // a page holds all of a block's layers
+	}
+	mgr, err = storage.NewManager(storage.ManagerOptions{Tier: mem, Store: store, Write: p.ssdWrite(), Layers: layers, Log: log})
 	if err != nil {
 		return nil, errors.Join(err, closeSSD())
 	}
@@ -91,19 +107,23 @@ func (p *Plan) Run(ctx context.Context, o RunOptions) (*Report, error) {
 		}
 		return closeSSD()
 	}
-	arena, err := storage.NewArena(storage.ArenaOptions{Size: p.PoolBytes, MinBlock: minBlock})
-	if err != nil {
-		return nil, errors.Join(fmt.Errorf("pool: %w", err), closeStores())
+	var pool *storage.Pool
+	if !p.Metadata {
+		arena, err := storage.NewArena(storage.ArenaOptions{Size: p.PoolBytes, MinBlock: minBlock})
+		if err != nil {
+			return nil, errors.Join(fmt.Errorf("pool: %w", err), closeStores())
+		}
+		pool = storage.NewPool(arena)
 	}
-	pool := storage.NewPool(arena)
 	t0 := time.Now()
 	env, err := NewEnv(EnvOptions{Model: p.Model, DType: p.DType, BlockTokens: p.BlockTokens,
-		PrefillChunk: p.PrefillChunk, Seed: p.Seed, Manager: mgr, Pool: pool, Prefetcher: pf, Log: log})
+		PrefillChunk: p.PrefillChunk, Seed: p.Seed, Manager: mgr, Pool: pool, Prefetcher: pf, Log: log, Metadata: p.Metadata})
 	if err != nil {
 		return nil, errors.Join(err, closeStores())
 	}
 	log.Debug("model ready", "layers", p.Model.NumLayers, "elapsed", time.Since(t0).Round(time.Millisecond))
 
+	env.inflight = make(chan struct{}, p.MaxActive)
 	pl := pipeline.New()
 	total := 0
 	if s, ok := p.Source.(Sized); ok {
@@ -143,6 +163,7 @@ func (p *Plan) Run(ctx context.Context, o RunOptions) (*Report, error) {
 		if err := env.finish(s.Seq); err != nil {
 			return err
 		}
+		<-env.inflight // its slot: the next request may start
 		if s.Req.Done != nil {
 			close(s.Req.Done)
 		}

@@ -66,6 +66,30 @@ func roundRobin(ctx context.Context, reqs <-chan *Request, maxActive int, env *E
 	for open || len(active) > 0 {
 		// Admit: block only when nothing else can be done.
 		for open && len(active) < maxActive {
+			// A request holds a slot of env.inflight from admission until
+			// its last step leaves the chain (Plan.Run's sink frees it), so
+			// at most maxActive requests are in flight, not only being
+			// emitted: a request then sees every page of those finished
+			// before it.
+			if env.inflight != nil {
+				if len(active) == 0 {
+					select {
+					case env.inflight <- struct{}{}:
+					case <-ctx.Done():
+						return ctx.Err()
+					}
+				} else {
+					acquired := false
+					select {
+					case env.inflight <- struct{}{}:
+						acquired = true
+					default:
+					}
+					if !acquired {
+						break
+					}
+				}
+			}
 			var r *Request
 			var ok bool
 			if len(active) == 0 {
@@ -81,11 +105,13 @@ func roundRobin(ctx context.Context, reqs <-chan *Request, maxActive int, env *E
 					ok, r = true, nil
 				}
 			}
-			if !ok {
-				open = false
-				break
-			}
-			if r == nil {
+			if !ok || r == nil {
+				if env.inflight != nil {
+					<-env.inflight // the slot taken above
+				}
+				if !ok {
+					open = false
+				}
 				break
 			}
 			active = append(active, env.Steps(r))

@@ -9,7 +9,16 @@ package storage
 type Page struct {
 	Key  PageKey
 	K, V []byte
+	// Meta is the size of a page that has no bytes: in a metadata-only run
+	// (what-if studies), pages are sizes and keys, and the tiers that hold
+	// them (MetaTier, MetaStore) make the same decisions without memory.
+	Meta int64
 }
 
 // Size is the number of bytes the page occupies in a tier.
-func (p *Page) Size() int64 { return int64(len(p.K) + len(p.V)) }
+func (p *Page) Size() int64 {
+	if p.K == nil && p.V == nil {
+		return p.Meta
+	}
+	return int64(len(p.K) + len(p.V))
+}
