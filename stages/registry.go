@@ -81,6 +81,7 @@ func DefaultRegistry() *Registry {
 	must(RegisterStage(r, "evict", func() EvictSettings { return EvictSettings{Policy: "lru"} },
 		func(e *Env, _ EvictSettings) (pipeline.Stage[*Step, *Step], error) { return NewEvict(e), nil }))
 	must(RegisterSource(r, "synthetic_chat", DefaultChatSettings, func(s ChatSettings) (Source, error) { return NewChat(s) }))
+	must(RegisterSource(r, "mooncake_trace", DefaultMooncakeSettings, func(s MooncakeSettings) (Source, error) { return NewMooncakeTrace(s) }))
 	return r
 }
 
