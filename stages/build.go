@@ -372,6 +372,12 @@ func (p *Plan) source(f *config.File, reg *Registry) hcl.Diagnostics {
 	}
 	src, diags := factory(s.Body, f.Ctx, at)
 	p.Source = src
+	// A trace's block hashes cover a fixed number of tokens: the cache's
+	// blocks must be the same, or its keys would name other prefixes.
+	if bt, ok := src.(interface{ BlockTokens() int }); ok && !diags.HasErrors() && p.BlockTokens > 0 && bt.BlockTokens() != p.BlockTokens {
+		diags = append(diags, config.ErrorAt(config.AttrRange(s.Body, "block_tokens", at), "Block size mismatch",
+			fmt.Sprintf("the source's blocks are %d tokens, the cache's block_tokens = %d: set them equal.", bt.BlockTokens(), p.BlockTokens)))
+	}
 	return diags
 }
 

@@ -164,6 +164,12 @@ func (e *Env) recompute(s *Step, i int, key storage.PageKey) (*storage.Page, err
 	if err != nil {
 		return nil, err
 	}
+	if s.Req.Synthetic {
+		// A replayed page's contents are its key's, not attention's.
+		FillPage(pg, e.DType)
+		e.recomputed.Add(1)
+		return e.commitRecomputed(s, i, key, pg)
+	}
 	lo, hi := i*b, (i+1)*b
 	x := make([]float32, b*hidden)
 	for t := lo; t < hi; t++ {
@@ -180,6 +186,13 @@ func (e *Env) recompute(s *Step, i int, key storage.PageKey) (*storage.Page, err
 		return nil, fmt.Errorf("recompute %s: %w", key, err)
 	}
 	e.recomputed.Add(1)
+	return e.commitRecomputed(s, i, key, pg)
+}
+
+// commitRecomputed offers a recomputed page to the cache again and records
+// it as the sequence's page i.
+func (e *Env) commitRecomputed(s *Step, i int, key storage.PageKey, pg *storage.Page) (*storage.Page, error) {
+	seq := s.Seq
 	stored, err := seq.Lease.Commit(pg)
 	switch {
 	case err == nil:

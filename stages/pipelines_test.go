@@ -34,8 +34,11 @@ func TestPipelinesEndToEnd(t *testing.T) {
 				if val, ok := small[v.Name]; ok {
 					vars[v.Name] = val
 				}
-				if v.Name == "ssd_path" {
+				switch v.Name {
+				case "ssd_path":
 					vars[v.Name] = t.TempDir()
+				case "trace":
+					vars[v.Name] = "testdata/mooncake/conversation_head.jsonl" // the first 40 lines
 				}
 			}
 			f, diags := config.LoadFile(path, vars)

@@ -20,15 +20,15 @@ const SchemaVersion = 1
 // Report is what a run did: the JSON written by `flow run --json` and the
 // table printed at its end. The README documents every key.
 type Report struct {
-	SchemaVersion   int                 `json:"schema_version"`
-	Pipeline        string              `json:"pipeline"`
-	Model           ModelReport         `json:"model"`
-	DurationSeconds float64             `json:"duration_seconds"`
-	Requests        int64               `json:"requests"`
-	Steps           uint64              `json:"steps"`
-	Tokens          TokenReport         `json:"tokens"`
-	PrefixHitRatio  float64             `json:"prefix_hit_ratio"`
-	TokensPerSecond float64             `json:"tokens_per_second"`
+	SchemaVersion   int         `json:"schema_version"`
+	Pipeline        string      `json:"pipeline"`
+	Model           ModelReport `json:"model"`
+	DurationSeconds float64     `json:"duration_seconds"`
+	Requests        int64       `json:"requests"`
+	Steps           uint64      `json:"steps"`
+	Tokens          TokenReport `json:"tokens"`
+	PrefixHitRatio  float64     `json:"prefix_hit_ratio"`
+	TokensPerSecond float64     `json:"tokens_per_second"`
 	// RequestsPerSecond is requests over the run's wall time: the replay
 	// rate of a trace.
 	RequestsPerSecond float64 `json:"requests_per_second"`
@@ -39,13 +39,13 @@ type Report struct {
 	HitRatios map[string]float64 `json:"hit_ratios"`
 	// VerifiedPages counts pages of replayed requests loaded from the ssd
 	// tier and checked against their known contents.
-	VerifiedPages int64 `json:"verified_pages"`
-	Pages           PageReport          `json:"pages"`
-	Stages          []StageReport       `json:"stages"`
-	Tiers           []storage.TierStats `json:"tiers"`
-	Lookup          LookupReport        `json:"lookup"`
-	Prefetch        PrefetchReport      `json:"prefetch"`
-	Memory          MemoryReport        `json:"memory"`
+	VerifiedPages int64               `json:"verified_pages"`
+	Pages         PageReport          `json:"pages"`
+	Stages        []StageReport       `json:"stages"`
+	Tiers         []storage.TierStats `json:"tiers"`
+	Lookup        LookupReport        `json:"lookup"`
+	Prefetch      PrefetchReport      `json:"prefetch"`
+	Memory        MemoryReport        `json:"memory"`
 	// Error is the run's error, if it failed.
 	Error string `json:"error,omitempty"`
 

@@ -66,6 +66,11 @@ type Manager struct {
 	// Guarded by promMu.
 	promMu   sync.Mutex
 	promoted map[PageKey]struct{}
+	// demoting maps the pages being written down after the memory tier
+	// evicted them to a channel closed when the write ends: in between,
+	// neither tier's index has the page, and a lookup waits rather than
+	// miss it. Guarded by promMu.
+	demoting map[PageKey]chan struct{}
 
 	wasted, demoted, demoteDropped, demoteErrors, promotedPages, privateLoads atomic.Uint64
 	memPages, storePages, missedBlocks                                        atomic.Uint64
@@ -99,7 +104,7 @@ func NewManager(o ManagerOptions) (*Manager, error) {
 	if o.Log == nil {
 		o.Log = hclog.NewNullLogger()
 	}
-	return &Manager{mem: o.Tier, store: o.Store, write: o.Write, layers: o.Layers, log: o.Log, promoted: map[PageKey]struct{}{}}, nil
+	return &Manager{mem: o.Tier, store: o.Store, write: o.Write, layers: o.Layers, log: o.Log, promoted: map[PageKey]struct{}{}, demoting: map[PageKey]chan struct{}{}}, nil
 }
 
 // Layers returns the number of layers per block.
@@ -154,6 +159,16 @@ func (m *Manager) Demote(p *Page) {
 	if m.store == nil || m.write != WriteBack || m.store.Contains(p.Key) {
 		return
 	}
+	done := make(chan struct{})
+	m.promMu.Lock()
+	m.demoting[p.Key] = done
+	m.promMu.Unlock()
+	defer func() {
+		m.promMu.Lock()
+		delete(m.demoting, p.Key)
+		m.promMu.Unlock()
+		close(done)
+	}()
 	switch err := m.store.Write(p); {
 	case err == nil:
 		m.demoted.Add(1)
@@ -283,7 +298,7 @@ func (l *Lease) AcquirePrefix(keys []BlockKey) ([][]Slot, error) {
 		// hits or misses in the tiers.
 		for layer := range m.layers {
 			key := PageKey{Block: k, Layer: layer}
-			if !m.mem.Contains(key) && (m.store == nil || !m.store.Contains(key)) {
+			if !m.mem.Contains(key) && !m.stored(key) {
 				m.missedBlocks.Add(1)
 				return prefix, nil
 			}
@@ -319,6 +334,25 @@ func (l *Lease) AcquirePrefix(keys []BlockKey) ([][]Slot, error) {
 		prefix = append(prefix, row)
 	}
 	return prefix, nil
+}
+
+// stored reports whether the store holds key, waiting for a demotion of
+// key in flight to end first.
+func (m *Manager) stored(key PageKey) bool {
+	if m.store == nil {
+		return false
+	}
+	if m.store.Contains(key) {
+		return true
+	}
+	m.promMu.Lock()
+	done := m.demoting[key]
+	m.promMu.Unlock()
+	if done == nil {
+		return false
+	}
+	<-done
+	return m.store.Contains(key)
 }
 
 // claim records that a lease uses a promoted page. It was not wasted.
