@@ -20,6 +20,7 @@ const (
 
 const usage = `usage:
   flow run FILE [--var name=value]... [--json PATH] [--log-level LEVEL] [--progress DURATION]
+               [--sweep NAME=V1,V2,... [--sweep-out DIR]]
   flow validate FILE [--var name=value]...
   flow verify [--block-tokens N] [--dtype f32|bf16] [--tolerance X] FIXTURE...
   flow version
@@ -88,6 +89,13 @@ func (v varsFlag) Set(s string) error {
 	}
 	v[name] = value
 	return nil
+}
+
+// given tells whether the flag name was set on the command line.
+func given(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }
 
 func newLogger(stderr io.Writer, level string) (hclog.Logger, error) {

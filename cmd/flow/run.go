@@ -21,7 +21,11 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.Var(vars, "var", "set a variable: name=value (repeatable)")
 	jsonPath := fs.String("json", "", "also write the report as JSON to `PATH`")
 	level := fs.String("log-level", "info", "log level: trace, debug, info, warn, error")
-	progress := fs.Duration("progress", 5*time.Second, "interval of progress lines on stderr (0: none)")
+	progress := fs.Duration("progress", 5*time.Second,
+		"interval of progress lines on stderr, or of the progress bar's redraws on a terminal (1s there unless given); 0: none")
+	var sweep sweepFlag
+	fs.Var(&sweep, "sweep", "run once per value of a variable: `NAME=V1,V2,...`")
+	sweepOut := fs.String("sweep-out", "", "directory of the sweep's CSV and plots (default sweep-NAME)")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return exitUsage
@@ -30,13 +34,29 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "flow run: want one pipeline file, got %d\n%s", len(pos), usage)
 		return exitUsage
 	}
-	log, err := newLogger(stderr, *level)
+	// Logs go through the console, which keeps them clear of the
+	// progress bar on a terminal.
+	con := newConsole(stderr)
+	log, err := newLogger(con, *level)
 	if err != nil {
 		fmt.Fprintf(stderr, "flow run: %v\n", err)
 		return exitUsage
 	}
 	if *progress != 0 && *progress < 100*time.Millisecond {
 		fmt.Fprintf(stderr, "flow run: --progress %v: want 0 (none) or at least 100ms\n", *progress)
+		return exitUsage
+	}
+	prog := progressSettings{every: *progress, explicit: given(fs, "progress")}
+	if sweep.name != "" {
+		if *jsonPath != "" {
+			fmt.Fprintf(stderr, "flow run: --json and --sweep: a sweep writes its results to --sweep-out\n")
+			return exitUsage
+		}
+		return sweepCmd(ctx, sweepJob{path: pos[0], vars: vars, sweep: sweep, out: *sweepOut, log: log, con: con, progress: prog},
+			stdout, stderr)
+	}
+	if *sweepOut != "" {
+		fmt.Fprintf(stderr, "flow run: --sweep-out needs --sweep\n")
 		return exitUsage
 	}
 	plan, diags := load(pos[0], vars)
@@ -54,7 +74,10 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		defer jsonFile.Close()
 	}
 	log.Info("running", "pipeline", pos[0], "model", plan.ModelName, "layers", plan.Model.NumLayers)
-	report, runErr := plan.Run(ctx, stages.RunOptions{Log: log, Progress: *progress})
+	opts := stages.RunOptions{Log: log}
+	display := con.start(&opts, log, prog, "")
+	report, runErr := plan.Run(ctx, opts)
+	display.finish() // before the report: a bar must not cut into it
 	if report != nil {
 		if runErr != nil {
 			report.Error = runErr.Error()
