@@ -100,7 +100,7 @@ func TestDiagnostics(t *testing.T) {
 		{"unknown tier", strings.Replace(minimal, `tier "host"`, `tier "tape"`, 1), nil, "Unknown tier", 6, 3},
 		{"duplicate tier", strings.Replace(minimal, `tier "host" { capacity = "1GiB" }`, "tier \"host\" { capacity = \"1GiB\" }\n  tier \"host\" { capacity = \"1GiB\" }", 1), nil, "Duplicate tier", 7, 3},
 		{"capacity", strings.Replace(minimal, `"1GiB"`, `"lots"`, 1), nil, "Invalid capacity", 6, 28},
-		{"zero capacity", strings.Replace(minimal, `"1GiB"`, `"0"`, 1), nil, "Invalid capacity", 6, 28},
+		{"negative capacity", strings.Replace(minimal, `"1GiB"`, `"-1GiB"`, 1), nil, "Invalid capacity", 6, 28},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -183,5 +183,18 @@ func TestLoadFileTooLarge(t *testing.T) {
 	_, diags := LoadFile(path, nil)
 	if d := find(diags, "Cannot read pipeline file"); d == nil || !strings.Contains(d.Detail, "larger than") {
 		t.Fatalf("oversized file: %v", diags)
+	}
+}
+
+func TestParseCapacity(t *testing.T) {
+	for in, want := range map[string]int64{"0": 0, "unlimited": Unlimited, "2GiB": 2 << 30, " 0 ": 0} {
+		if got, err := ParseCapacity(in); err != nil || got != want {
+			t.Errorf("ParseCapacity(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "-1GiB", "infinite", "0B"} {
+		if _, err := ParseCapacity(bad); err == nil {
+			t.Errorf("ParseCapacity(%q): want an error", bad)
+		}
 	}
 }
