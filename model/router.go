@@ -161,16 +161,29 @@ const RouterTensor = "router.weight"
 
 // LoadRouter reads tensor "router.weight" of shape [d, d] (F32, F16, BF16 or
 // F64) from a safetensors file and returns a LearnedRouter with Dim d ==
-// headDim; errors name the file and the problem (missing tensor, wrong
-// shape, unreadable file, non-finite weight) and never panic.
+// headDim, or with the file's d when headDim is 0 (a configuration checked
+// before the model is known); errors name the file and the problem
+// (missing tensor, wrong shape, unreadable file, non-finite weight) and
+// never panic.
 func LoadRouter(path string, headDim int) (*LearnedRouter, error) {
-	if headDim <= 0 {
+	if headDim < 0 {
 		return nil, fmt.Errorf("%s: router for head_dim %d, want > 0", path, headDim)
 	}
 	f, err := readSafetensors(path)
 	if err != nil {
 		// os errors and parse errors both name the file already.
 		return nil, fmt.Errorf("router: %w", err)
+	}
+	if headDim == 0 {
+		t, ok := f.Tensors[RouterTensor]
+		if !ok || len(t.Shape) != 2 || t.Shape[0] != t.Shape[1] || t.Shape[0] < 1 {
+			shape := []int(nil)
+			if ok {
+				shape = t.Shape
+			}
+			return nil, fmt.Errorf("router: %s: want tensor %q of a square shape [d, d], have %v", path, RouterTensor, shape)
+		}
+		headDim = t.Shape[0]
 	}
 	w, err := f.floats(RouterTensor, headDim, headDim)
 	if err != nil {

@@ -303,7 +303,9 @@ func TestLoadRouterErrors(t *testing.T) {
 		{"other head dim", file(map[string]stEntry{"router.weight": good}), d + 1, []string{"shape [4 4], want [5 5]"}},
 		{"integer", file(map[string]stEntry{"router.weight": ints}), d, []string{"not a floating-point type"}},
 		{"nan", file(map[string]stEntry{"router.weight": f32Entry([]int{d, d}, nan)}), d, []string{"[1, 2]", "not finite"}},
-		{"zero head dim", file(map[string]stEntry{"router.weight": good}), 0, []string{"head_dim 0"}},
+		{"negative head dim", file(map[string]stEntry{"router.weight": good}), -1, []string{"head_dim -1"}},
+		{"any head dim, not square", file(map[string]stEntry{"router.weight": f32Entry([]int{d, d + 1}, make([]float32, d*(d+1)))}), 0, []string{"square", "[4 5]"}},
+		{"any head dim, missing", file(map[string]stEntry{"router.bias": good}), 0, []string{"square", "[]"}},
 	}
 	for _, c := range cases {
 		path := filepath.Join(t.TempDir(), "absent.safetensors")
@@ -321,6 +323,10 @@ func TestLoadRouterErrors(t *testing.T) {
 				t.Errorf("%s: error %q does not mention %q", c.name, msg, w)
 			}
 		}
+	}
+	// headDim 0 takes the file's dimension.
+	if r, err := LoadRouter(writeFile(t, "any.safetensors", file(map[string]stEntry{"router.weight": good})), 0); err != nil || r.Dim != d {
+		t.Errorf("head dim 0: router %+v, error %v; want Dim %d", r, err, d)
 	}
 	// A directory is unreadable as a file.
 	dir := t.TempDir()
