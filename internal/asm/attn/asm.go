@@ -1,0 +1,496 @@
+// Command attn generates model/kernels_amd64.s: the AVX2+FMA inner loops of
+// paged attention (query-key scores, probability-weighted sums of value rows,
+// and a vector exp). Run it with go generate in model/.
+//
+// Every routine works on one block of query heads (4, 2 or 1) over one page;
+// the Go wrappers in model/kernels_amd64.go split the heads into blocks and
+// send shapes the routines do not take (d not a multiple of 8, n or d zero)
+// to the pure Go kernels.
+package main
+
+import (
+	"fmt"
+	"math"
+
+	. "github.com/mmcloughlin/avo/build"
+	"github.com/mmcloughlin/avo/gotypes"
+	. "github.com/mmcloughlin/avo/operand"
+	. "github.com/mmcloughlin/avo/reg"
+)
+
+func main() {
+	consts := expConstants()
+	for _, bf16 := range []bool{true, false} {
+		for _, c := range []struct{ heads, rows int }{{4, 2}, {2, 2}, {1, 4}} {
+			scores(bf16, c.heads, c.rows)
+		}
+		for _, c := range []struct {
+			heads  int
+			widths []int
+		}{{4, []int{2, 1}}, {2, []int{4, 2, 1}}, {1, []int{8, 4, 2, 1}}} {
+			accum(bf16, c.heads, c.widths)
+		}
+	}
+	expSum(consts)
+	Generate()
+}
+
+// addr is the stack address of an argument or result, for VEX loads and
+// stores (Load and Store use SSE moves for floats).
+func addr(c gotypes.Component) Mem {
+	b, err := c.Resolve()
+	if err != nil {
+		panic(err)
+	}
+	return b.Addr
+}
+
+func typeName(bf16 bool) string {
+	if bf16 {
+		return "BF16"
+	}
+	return "F32"
+}
+
+// elemSize is the size in bytes of one element of K or V.
+func elemSize(bf16 bool) int {
+	if bf16 {
+		return 2
+	}
+	return 4
+}
+
+// loadRow loads 8 elements of a K or V row at m into a YMM of float32.
+func loadRow(bf16 bool, m Mem) VecVirtual {
+	y := YMM()
+	if bf16 {
+		VPMOVZXWD(m, y)
+		VPSLLD(U8(16), y, y)
+	} else {
+		VMOVUPS(m, y)
+	}
+	return y
+}
+
+// headMem addresses base + h*stride (stride, stride3 = 3*stride in bytes).
+func headMem(base, stride, stride3 Register, h, disp int) Mem {
+	switch h {
+	case 0:
+		return Mem{Base: base, Disp: disp}
+	case 1:
+		return Mem{Base: base, Index: stride, Scale: 1, Disp: disp}
+	case 2:
+		return Mem{Base: base, Index: stride, Scale: 2, Disp: disp}
+	case 3:
+		return Mem{Base: base, Index: stride3, Scale: 1, Disp: disp}
+	}
+	panic("headMem: h > 3")
+}
+
+// hsum reduces the YMMs a (len 1, 2 or 4) to an XMM whose lane i is the sum
+// of the lanes of a[i].
+func hsum(a []VecVirtual) VecVirtual {
+	var t VecVirtual
+	switch len(a) {
+	case 4:
+		t1, t2 := YMM(), YMM()
+		VHADDPS(a[1], a[0], t1)
+		VHADDPS(a[3], a[2], t2)
+		t = YMM()
+		VHADDPS(t2, t1, t)
+	case 2:
+		t = YMM()
+		VHADDPS(a[1], a[0], t)
+		VHADDPS(t, t, t)
+	case 1:
+		t = YMM()
+		VHADDPS(a[0], a[0], t)
+		VHADDPS(t, t, t)
+	default:
+		panic("hsum")
+	}
+	hi := XMM()
+	VEXTRACTF128(U8(1), t, hi)
+	s := XMM()
+	VADDPS(hi, t.AsX(), s)
+	return s
+}
+
+// scores generates scores<T>H<heads>(out, q, k, n, d, ostride, scale): for
+// h < heads, t < n, out[h*ostride+t] = scale * Σ_c q[h*d+c]*K(t,c), taking
+// rows key rows at a time (then one at a time for the rest) so that
+// heads*rows independent FMA chains hide the FMA latency. d must be a
+// positive multiple of 8 and n positive.
+func scores(bf16 bool, heads, rows int) {
+	name := fmt.Sprintf("scores%sH%d", typeName(bf16), heads)
+	ktype := "*float32"
+	if bf16 {
+		ktype = "*byte"
+	}
+	TEXT(name, NOSPLIT, fmt.Sprintf("func(out, q *float32, k %s, n, d, ostride int, scale float32)", ktype))
+	Doc(fmt.Sprintf("%s sets out[h*ostride+t] = scale * Σ_{c<d} q[h*d+c]*K(t,c)", name),
+		fmt.Sprintf("for h < %d, t < n; n > 0, d > 0 and d%%8 == 0.", heads))
+	esz := elemSize(bf16)
+	out := Load(Param("out"), GP64())
+	q := Load(Param("q"), GP64())
+	kcur := Load(Param("k"), GP64())
+	n := Load(Param("n"), GP64())
+	d := Load(Param("d"), GP64())
+	os := Load(Param("ostride"), GP64())
+	SHLQ(U8(2), os)
+	var os3 Register
+	if heads == 4 {
+		os3 = GP64()
+		LEAQ(Mem{Base: os, Index: os, Scale: 2}, os3)
+	}
+	scale := XMM()
+	VBROADCASTSS(addr(Param("scale")), scale)
+
+	// The q rows and the K rows are addressed from their ends with a
+	// negative byte offset i into K that counts up to 0; q's offset is
+	// i*4/esz.
+	rowBytes := GP64()
+	MOVQ(d, rowBytes)
+	if esz == 2 {
+		SHLQ(U8(1), rowBytes)
+	} else {
+		SHLQ(U8(2), rowBytes)
+	}
+	qe := make([]GPVirtual, heads)
+	dq := GP64()
+	MOVQ(d, dq)
+	SHLQ(U8(2), dq)
+	for h := range qe {
+		qe[h] = GP64()
+		if h == 0 {
+			LEAQ(Mem{Base: q, Index: dq, Scale: 1}, qe[h])
+		} else {
+			LEAQ(Mem{Base: qe[h-1], Index: dq, Scale: 1}, qe[h])
+		}
+	}
+	qscale := uint8(4 / esz)
+
+	block := func(r int, loop string) {
+		kr := make([]GPVirtual, r)
+		for j := range kr {
+			kr[j] = GP64()
+			if j == 0 {
+				LEAQ(Mem{Base: kcur, Index: rowBytes, Scale: 1}, kr[j])
+			} else {
+				LEAQ(Mem{Base: kr[j-1], Index: rowBytes, Scale: 1}, kr[j])
+			}
+		}
+		acc := make([][]VecVirtual, r)
+		for j := range acc {
+			acc[j] = make([]VecVirtual, heads)
+			for h := range acc[j] {
+				acc[j][h] = YMM()
+				VXORPS(acc[j][h], acc[j][h], acc[j][h])
+			}
+		}
+		i := GP64()
+		MOVQ(rowBytes, i)
+		NEGQ(i)
+		Label(loop)
+		kv := make([]VecVirtual, r)
+		for j := range kv {
+			kv[j] = loadRow(bf16, Mem{Base: kr[j], Index: i, Scale: 1})
+		}
+		for h := range heads {
+			qv := YMM()
+			VMOVUPS(Mem{Base: qe[h], Index: i, Scale: qscale}, qv)
+			for j := range kv {
+				VFMADD231PS(kv[j], qv, acc[j][h])
+			}
+		}
+		ADDQ(U8(8*esz), i)
+		JNZ(LabelRef(loop))
+
+		for j := range acc {
+			s := hsum(acc[j])
+			VMULPS(scale, s, s)
+			for h := range heads {
+				m := headMem(out, os, os3, h, 4*j)
+				if h == 0 {
+					VMOVSS(s, m)
+				} else {
+					VEXTRACTPS(U8(h), s, m)
+				}
+			}
+		}
+		MOVQ(kr[r-1], kcur)
+		ADDQ(U8(4*r), out)
+		SUBQ(U8(r), n)
+	}
+
+	if rows > 1 {
+		Label("rows")
+		CMPQ(n, U8(rows))
+		JL(LabelRef("row"))
+		block(rows, "chunks")
+		JMP(LabelRef("rows"))
+	}
+	Label("row")
+	CMPQ(n, U8(0))
+	JE(LabelRef("done"))
+	block(1, "chunk")
+	JMP(LabelRef("row"))
+
+	Label("done")
+	VZEROUPPER()
+	RET()
+}
+
+// accum generates accum<T>H<heads>(acc, p, v, n, d, pstride): for h <
+// heads, c < d, acc[h*d+c] += Σ_{t<n} p[h*pstride+t]*V(t,c). The channels
+// are taken in blocks of 8*w for each w of widths in turn (largest first,
+// each as long as it fits), with heads*w accumulators held over all n
+// tokens. n > 0, d > 0 and d%8 == 0.
+func accum(bf16 bool, heads int, widths []int) {
+	name := fmt.Sprintf("accum%sH%d", typeName(bf16), heads)
+	vtype := "*float32"
+	if bf16 {
+		vtype = "*byte"
+	}
+	TEXT(name, NOSPLIT, fmt.Sprintf("func(acc, p *float32, v %s, n, d, pstride int)", vtype))
+	Doc(fmt.Sprintf("%s adds acc[h*d+c] += Σ_{t<n} p[h*pstride+t]*V(t,c)", name),
+		fmt.Sprintf("for h < %d, c < d; n > 0, d > 0 and d%%8 == 0.", heads))
+	esz := elemSize(bf16)
+	ac := Load(Param("acc"), GP64())
+	vc := Load(Param("v"), GP64())
+	d := Load(Param("d"), GP64())
+	ps := Load(Param("pstride"), GP64())
+	SHLQ(U8(2), ps)
+	var ps3 Register
+	if heads == 4 {
+		ps3 = GP64()
+		LEAQ(Mem{Base: ps, Index: ps, Scale: 2}, ps3)
+	}
+	rowBytes := GP64()
+	MOVQ(d, rowBytes)
+	if esz == 2 {
+		SHLQ(U8(1), rowBytes)
+	} else {
+		SHLQ(U8(2), rowBytes)
+	}
+	dq := GP64()
+	MOVQ(d, dq)
+	SHLQ(U8(2), dq)
+	rem := d // channels left
+
+	for wi, w := range widths {
+		top := fmt.Sprintf("w%d", w)
+		next := "done"
+		if wi+1 < len(widths) {
+			next = fmt.Sprintf("w%d", widths[wi+1])
+		}
+		Label(top)
+		CMPQ(rem, U8(8*w))
+		JL(LabelRef(next))
+
+		// Load the accumulators: head h at ac + h*dq.
+		acc := make([][]VecVirtual, heads)
+		ah := GP64()
+		MOVQ(ac, ah)
+		for h := range acc {
+			if h > 0 {
+				ADDQ(dq, ah)
+			}
+			acc[h] = make([]VecVirtual, w)
+			for j := range acc[h] {
+				acc[h][j] = YMM()
+				VMOVUPS(Mem{Base: ah, Disp: 32 * j}, acc[h][j])
+			}
+		}
+		pp := Load(Param("p"), GP64())
+		cnt := Load(Param("n"), GP64())
+		vp := GP64()
+		MOVQ(vc, vp)
+		loop := fmt.Sprintf("tokens%d", w)
+		Label(loop)
+		pb := make([]VecVirtual, heads)
+		for h := range pb {
+			pb[h] = YMM()
+			VBROADCASTSS(headMem(pp, ps, ps3, h, 0), pb[h])
+		}
+		for j := range w {
+			vv := loadRow(bf16, Mem{Base: vp, Disp: 8 * esz * j})
+			for h := range heads {
+				VFMADD231PS(vv, pb[h], acc[h][j])
+			}
+		}
+		ADDQ(rowBytes, vp)
+		ADDQ(U8(4), pp)
+		DECQ(cnt)
+		JNZ(LabelRef(loop))
+
+		MOVQ(ac, ah)
+		for h := range acc {
+			if h > 0 {
+				ADDQ(dq, ah)
+			}
+			for j := range acc[h] {
+				VMOVUPS(acc[h][j], Mem{Base: ah, Disp: 32 * j})
+			}
+		}
+		ADDQ(U32(32*w), ac)
+		ADDQ(U32(8*esz*w), vc)
+		SUBQ(U8(8*w), rem)
+		JMP(LabelRef(top))
+	}
+	Label("done")
+	VZEROUPPER()
+	RET()
+}
+
+// Constants of the vector exp, each replicated 8 times (32 bytes) so that
+// it can be an FMA's memory operand.
+type expConsts struct {
+	table Mem
+	off   map[string]int
+}
+
+func (c expConsts) mem(name string) Mem {
+	o, ok := c.off[name]
+	if !ok {
+		panic("no constant " + name)
+	}
+	return c.table.Offset(o)
+}
+
+// expMin is ln(2^-126) rounded up to float32: exp(y) for y >= expMin is a
+// normal float32; below it the kernels return 0.
+const expMin = -87.33654
+
+func expConstants() expConsts {
+	vals := []struct {
+		name string
+		v    float32
+	}{
+		{"min", expMin},
+		{"log2e", math.Log2E},
+		// ln 2 = c1 + c2, c1 with few significant bits (Cephes expf).
+		{"c1", 0.693359375},
+		{"c2", -2.12194440e-4},
+		// e^r ≈ 1 + r + r²·P(r) on |r| <= ln2/2 (Cephes expf).
+		{"p0", 1.9875691500e-4},
+		{"p1", 1.3981999507e-3},
+		{"p2", 8.3334519073e-3},
+		{"p3", 4.1665795894e-2},
+		{"p4", 1.6666665459e-1},
+		{"p5", 5.0000001201e-1},
+		{"one", 1},
+	}
+	table := GLOBL("attn_exp_consts", RODATA|NOPTR)
+	c := expConsts{table: table, off: map[string]int{}}
+	o := 0
+	for _, v := range vals {
+		c.off[v.name] = o
+		for range 8 {
+			// As bits: avo prints F32(1) as $(1), which the assembler
+			// reads as the integer 1.
+			DATA(o, U32(math.Float32bits(v.v)))
+			o += 4
+		}
+	}
+	c.off["bias"] = o
+	for range 8 {
+		DATA(o, U32(127))
+		o += 4
+	}
+	// Tail masks: 8 all-ones dwords then 8 zero dwords; the 8 dwords from
+	// offset 4*(8-r) enable the first r lanes.
+	c.off["mask"] = o
+	for i := range 16 {
+		if i < 8 {
+			DATA(o, U32(0xffffffff))
+		} else {
+			DATA(o, U32(0))
+		}
+		o += 4
+	}
+	return c
+}
+
+// expLanes returns exp(x-m) for the 8 lanes of x (x is overwritten), 0 in
+// lanes where x-m < expMin, -Inf or NaN.
+func expLanes(c expConsts, x, m, lo, log2e, one, bias VecVirtual) VecVirtual {
+	VSUBPS(m, x, x)
+	keep := YMM()
+	VCMPPS(U8(0x1d), lo, x, keep) // x >= min (GE_OQ): false for NaN
+	VMAXPS(lo, x, x)
+	k := YMM()
+	VMULPS(log2e, x, k)
+	VROUNDPS(U8(8), k, k) // nearest, no precision exception
+	VFNMADD231PS(c.mem("c1"), k, x)
+	VFNMADD231PS(c.mem("c2"), k, x) // x = r, |r| <= ln2/2
+	p := YMM()
+	VMOVUPS(c.mem("p0"), p)
+	for _, name := range []string{"p1", "p2", "p3", "p4", "p5"} {
+		VFMADD213PS(c.mem(name), x, p) // p = p*r + P
+	}
+	z := YMM()
+	VMULPS(x, x, z)
+	VFMADD213PS(x, z, p) // p = p*r² + r
+	VADDPS(one, p, p)
+	ki := YMM()
+	VCVTPS2DQ(k, ki)
+	VPADDD(bias, ki, ki)
+	VPSLLD(U8(23), ki, ki) // 2^k, k in [-126, 0]
+	VMULPS(ki, p, p)
+	VANDPS(keep, p, p)
+	return p
+}
+
+func expSum(c expConsts) {
+	TEXT("expSumAVX2", NOSPLIT, "func(x *float32, n int, m float32) float32")
+	Doc("expSumAVX2 sets x[i] = exp(x[i]-m) for i < n and returns their sum;",
+		"results below the smallest normal float32 are 0.")
+	xp := Load(Param("x"), GP64())
+	n := Load(Param("n"), GP64())
+	m := YMM()
+	VBROADCASTSS(addr(Param("m")), m)
+	lo, log2e, one, bias := YMM(), YMM(), YMM(), YMM()
+	VMOVUPS(c.mem("min"), lo)
+	VMOVUPS(c.mem("log2e"), log2e)
+	VMOVUPS(c.mem("one"), one)
+	VMOVDQU(c.mem("bias"), bias)
+	sum := YMM()
+	VXORPS(sum, sum, sum)
+
+	Label("chunk")
+	CMPQ(n, U8(8))
+	JL(LabelRef("tail"))
+	x := YMM()
+	VMOVUPS(Mem{Base: xp}, x)
+	e := expLanes(c, x, m, lo, log2e, one, bias)
+	VMOVUPS(e, Mem{Base: xp})
+	VADDPS(e, sum, sum)
+	ADDQ(U8(32), xp)
+	SUBQ(U8(8), n)
+	JMP(LabelRef("chunk"))
+
+	Label("tail")
+	CMPQ(n, U8(0))
+	JE(LabelRef("done"))
+	// mask = the 8 dwords at mask + 4*(8-n).
+	tb := GP64()
+	LEAQ(c.mem("mask"), tb)
+	idx := GP64()
+	MOVQ(U32(8), idx)
+	SUBQ(n, idx)
+	mask := YMM()
+	VMOVDQU(Mem{Base: tb, Index: idx, Scale: 4}, mask)
+	xt := YMM()
+	VMASKMOVPS(Mem{Base: xp}, mask, xt)
+	et := expLanes(c, xt, m, lo, log2e, one, bias)
+	VANDPS(mask, et, et)
+	VMASKMOVPS(et, mask, Mem{Base: xp})
+	VADDPS(et, sum, sum)
+
+	Label("done")
+	s := hsum([]VecVirtual{sum})
+	VMOVSS(s, addr(ReturnIndex(0)))
+	VZEROUPPER()
+	RET()
+}

@@ -1,0 +1,115 @@
+// Package membw measures memory read bandwidth, the yardstick for kernels
+// that should run at the speed of memory (attention over KV pages).
+package membw
+
+import (
+	"encoding/binary"
+	"math"
+	"runtime"
+	"sync"
+	"time"
+)
+
+//go:generate sh -c "cd ../asm && go run ./membw -out ../../internal/membw/membw_amd64.s"
+
+// Read reads every byte of buf once with the widest loads the CPU has (AVX2
+// where present, else a Go loop of uint64 loads with several accumulators)
+// and returns a value derived from all of them, so the reads cannot be
+// elided: the sum, mod 2^64, of buf's little-endian uint64 words, the last
+// partial word (len(buf)%8 bytes) zero-extended. len(buf) any.
+func Read(buf []byte) uint64 {
+	n := len(buf) &^ 31
+	var s uint64
+	if n > 0 {
+		s = sum32(buf[:n])
+	}
+	return s + sumTail(buf[n:])
+}
+
+// sumGo is the portable body of Read for len(b) a multiple of 32.
+func sumGo(b []byte) uint64 {
+	var s0, s1, s2, s3 uint64
+	for len(b) >= 32 {
+		w := b[:32:32]
+		s0 += binary.LittleEndian.Uint64(w[0:])
+		s1 += binary.LittleEndian.Uint64(w[8:])
+		s2 += binary.LittleEndian.Uint64(w[16:])
+		s3 += binary.LittleEndian.Uint64(w[24:])
+		b = b[32:]
+	}
+	return (s0 + s1) + (s2 + s3)
+}
+
+// sumTail sums the words of b (len(b) < 32), the last one zero-extended.
+func sumTail(b []byte) uint64 {
+	var s uint64
+	for len(b) >= 8 {
+		s += binary.LittleEndian.Uint64(b)
+		b = b[8:]
+	}
+	var last [8]byte
+	copy(last[:], b)
+	return s + binary.LittleEndian.Uint64(last[:])
+}
+
+// Bandwidth measures the read bandwidth in bytes/second of workers
+// goroutines each reading its own share of a buffer of size bytes
+// (allocated and touched once beforehand), repeating passes for at least
+// minDuration, and returns the best pass rate. A pass is timed from the
+// workers' common start to the last one's end. size < 1 counts as 1,
+// workers < 1 as 1.
+func Bandwidth(size int, workers int, minDuration time.Duration) float64 {
+	size = max(size, 1)
+	workers = max(workers, 1)
+	buf := make([]byte, size)
+	for i := 0; i < len(buf); i += 4096 {
+		buf[i] = byte(i >> 12)
+	}
+	// Shares are whole 64-byte lines where possible.
+	share := (size/workers + 63) &^ 63
+	parts := make([][]byte, 0, workers)
+	for off := 0; off < size; off += share {
+		parts = append(parts, buf[off:min(off+share, size)])
+	}
+
+	var (
+		start = make([]chan struct{}, len(parts))
+		wg    sync.WaitGroup
+		sums  = make([]uint64, len(parts))
+	)
+	for i := range parts {
+		start[i] = make(chan struct{})
+		go func() {
+			for range start[i] {
+				sums[i] += Read(parts[i])
+				wg.Done()
+			}
+		}()
+	}
+	defer func() {
+		for _, c := range start {
+			close(c)
+		}
+	}()
+
+	best := 0.0
+	for begin := time.Now(); ; {
+		wg.Add(len(parts))
+		t0 := time.Now()
+		for _, c := range start {
+			c <- struct{}{}
+		}
+		wg.Wait()
+		if el := time.Since(t0).Seconds(); el > 0 {
+			best = max(best, float64(size)/el)
+		}
+		if time.Since(begin) >= minDuration && best > 0 {
+			break
+		}
+	}
+	runtime.KeepAlive(sums)
+	if math.IsInf(best, 0) {
+		return 0
+	}
+	return best
+}

@@ -1,0 +1,159 @@
+package model
+
+import (
+	"encoding/binary"
+	"math"
+)
+
+//go:generate sh -c "cd ../internal/asm && go run ./attn -out ../../model/kernels_amd64.s"
+
+// kernels are the inner loops of attention over one page of one KV head:
+// scores of query rows against key rows, weighted sums of value rows, and
+// exponentials. Rows of K and V are d elements, bf16 (little-endian uint16,
+// the top half of a float32) or float32; q, p, acc, out are float32.
+//
+// Two sets exist: goKernels (pure Go, everywhere) and vecKernels (AVX2+FMA
+// assembly generated with avo, kernels_amd64.s; nil where the CPU or the
+// architecture has none). The vector set takes any nh >= 1 and n >= 0 and
+// hands calls with d not a positive multiple of 8 to the Go kernels, so it
+// is always safe to use. Both sets agree to float32 rounding (the order of
+// the sums differs).
+type kernels struct {
+	name string // "avx2" or "go"
+
+	// scoresBF16 sets out[h*ostride+t] = scale * Σ_{c<d} q[h*d+c] * K(t,c)
+	// for h < nh, t < n, where K(t,c) is the bf16 value at k[2*(t*d+c):].
+	scoresBF16 func(out, q []float32, k []byte, nh, n, d, ostride int, scale float32)
+	// scoresF32: the same with K(t,c) = k[t*d+c].
+	scoresF32 func(out, q, k []float32, nh, n, d, ostride int, scale float32)
+	// accumBF16 adds acc[h*d+c] += Σ_{t<n} p[h*pstride+t] * V(t,c) for h < nh, c < d,
+	// V(t,c) the bf16 value at v[2*(t*d+c):].
+	accumBF16 func(acc, p []float32, v []byte, nh, n, d, pstride int)
+	// accumF32: the same with V(t,c) = v[t*d+c].
+	accumF32 func(acc, p, v []float32, nh, n, d, pstride int)
+	// expSum sets x[i] = exp(x[i]-m) for every i and returns the sum of the
+	// new x. Inputs x[i]-m are <= 0 (m is the max) or -Inf, which gives
+	// exactly 0. Relative error of each exp below 1e-6. Results that would
+	// be subnormal (x[i]-m below about -87.34, expMin) are 0 in both sets,
+	// as is a NaN x[i]-m.
+	expSum func(x []float32, m float32) float32
+}
+
+// goKernels is the pure Go set, always available.
+var goKernels = &kernels{
+	name:       "go",
+	scoresBF16: scoresBF16Go,
+	scoresF32:  scoresF32Go,
+	accumBF16:  accumBF16Go,
+	accumF32:   accumF32Go,
+	expSum:     expSumGo,
+}
+
+// selectKernels returns the vector set when vector is true and the CPU has
+// one (vecKernels, fixed at init from the CPU's features and never written
+// after), else goKernels.
+func selectKernels(vector bool) *kernels {
+	if vector && vecKernels != nil {
+		return vecKernels
+	}
+	return goKernels
+}
+
+// defaultKernels returns vecKernels if non-nil, else goKernels.
+func defaultKernels() *kernels { return selectKernels(true) }
+
+// expMin is ln(2^-126) rounded up to float32: exp(y) for y >= expMin is a
+// normal float32. The kernels give 0 below it, which is what the vector
+// exp computes without subnormal arithmetic (slow on many CPUs).
+const expMin = -87.33654
+
+// bf16At decodes the bf16 at b[2*i:].
+func bf16At(b []byte, i int) float32 {
+	return math.Float32frombits(uint32(binary.LittleEndian.Uint16(b[2*i:])) << 16)
+}
+
+func scoresBF16Go(out, q []float32, k []byte, nh, n, d, ostride int, scale float32) {
+	if nh <= 0 || n <= 0 {
+		return
+	}
+	for h := range nh {
+		qh := q[h*d : h*d+d]
+		oh := out[h*ostride : h*ostride+n]
+		for t := range oh {
+			kt := k[2*t*d : 2*t*d+2*d]
+			var s0, s1, s2, s3 float32
+			c := 0
+			for ; c+4 <= d; c += 4 {
+				x := qh[c : c+4 : c+4]
+				y := kt[2*c : 2*c+8 : 2*c+8]
+				s0 += x[0] * math.Float32frombits(uint32(binary.LittleEndian.Uint16(y[0:]))<<16)
+				s1 += x[1] * math.Float32frombits(uint32(binary.LittleEndian.Uint16(y[2:]))<<16)
+				s2 += x[2] * math.Float32frombits(uint32(binary.LittleEndian.Uint16(y[4:]))<<16)
+				s3 += x[3] * math.Float32frombits(uint32(binary.LittleEndian.Uint16(y[6:]))<<16)
+			}
+			for ; c < d; c++ {
+				s0 += qh[c] * bf16At(kt, c)
+			}
+			oh[t] = scale * ((s0 + s1) + (s2 + s3))
+		}
+	}
+}
+
+func scoresF32Go(out, q, k []float32, nh, n, d, ostride int, scale float32) {
+	if nh <= 0 || n <= 0 {
+		return
+	}
+	for h := range nh {
+		qh := q[h*d : h*d+d]
+		oh := out[h*ostride : h*ostride+n]
+		for t := range oh {
+			oh[t] = scale * dot(qh, k[t*d:t*d+d])
+		}
+	}
+}
+
+func accumBF16Go(acc, p []float32, v []byte, nh, n, d, pstride int) {
+	if nh <= 0 || n <= 0 {
+		return
+	}
+	for h := range nh {
+		ah := acc[h*d : h*d+d]
+		ph := p[h*pstride : h*pstride+n]
+		for t, w := range ph {
+			vt := v[2*t*d : 2*t*d+2*d]
+			for c := range ah {
+				ah[c] += w * math.Float32frombits(uint32(binary.LittleEndian.Uint16(vt[2*c:]))<<16)
+			}
+		}
+	}
+}
+
+func accumF32Go(acc, p, v []float32, nh, n, d, pstride int) {
+	if nh <= 0 || n <= 0 {
+		return
+	}
+	for h := range nh {
+		ah := acc[h*d : h*d+d]
+		ph := p[h*pstride : h*pstride+n]
+		for t, w := range ph {
+			vt := v[t*d : t*d+d]
+			vt = vt[:len(ah)]
+			for c := range ah {
+				ah[c] += w * vt[c]
+			}
+		}
+	}
+}
+
+func expSumGo(x []float32, m float32) float32 {
+	var s float32
+	for i, xi := range x {
+		var e float32
+		if y := xi - m; y >= expMin {
+			e = float32(math.Exp(float64(y)))
+		}
+		x[i] = e
+		s += e
+	}
+	return s
+}

@@ -1,0 +1,208 @@
+package model
+
+import "golang.org/x/sys/cpu"
+
+// vecKernels is the AVX2+FMA set (kernels_amd64.s), nil on CPUs without
+// both; decided once at init.
+var vecKernels = newAVX2Kernels(cpu.X86.HasAVX2 && cpu.X86.HasFMA)
+
+func newAVX2Kernels(ok bool) *kernels {
+	if !ok {
+		return nil
+	}
+	return &kernels{
+		name:       "avx2",
+		scoresBF16: scoresBF16AVX2,
+		scoresF32:  scoresF32AVX2,
+		accumBF16:  accumBF16AVX2,
+		accumF32:   accumF32AVX2,
+		expSum:     expSumAVX2Slice,
+	}
+}
+
+// The wrappers below check once per call that the slices hold every
+// element the assembly touches (a short slice panics instead of reading or
+// writing past it), then split the nh query heads into blocks of 4, 2 and 1.
+
+func scoresBF16AVX2(out, q []float32, k []byte, nh, n, d, ostride int, scale float32) {
+	if d <= 0 || d%8 != 0 {
+		scoresBF16Go(out, q, k, nh, n, d, ostride, scale)
+		return
+	}
+	if nh <= 0 || n <= 0 {
+		return
+	}
+	_ = out[(nh-1)*ostride+n-1]
+	_ = q[nh*d-1]
+	_ = k[2*n*d-1]
+	h := 0
+	for ; nh-h >= 4; h += 4 {
+		scoresBF16H4(&out[h*ostride], &q[h*d], &k[0], n, d, ostride, scale)
+	}
+	if nh-h >= 2 {
+		scoresBF16H2(&out[h*ostride], &q[h*d], &k[0], n, d, ostride, scale)
+		h += 2
+	}
+	if nh-h >= 1 {
+		scoresBF16H1(&out[h*ostride], &q[h*d], &k[0], n, d, ostride, scale)
+	}
+}
+
+func scoresF32AVX2(out, q, k []float32, nh, n, d, ostride int, scale float32) {
+	if d <= 0 || d%8 != 0 {
+		scoresF32Go(out, q, k, nh, n, d, ostride, scale)
+		return
+	}
+	if nh <= 0 || n <= 0 {
+		return
+	}
+	_ = out[(nh-1)*ostride+n-1]
+	_ = q[nh*d-1]
+	_ = k[n*d-1]
+	h := 0
+	for ; nh-h >= 4; h += 4 {
+		scoresF32H4(&out[h*ostride], &q[h*d], &k[0], n, d, ostride, scale)
+	}
+	if nh-h >= 2 {
+		scoresF32H2(&out[h*ostride], &q[h*d], &k[0], n, d, ostride, scale)
+		h += 2
+	}
+	if nh-h >= 1 {
+		scoresF32H1(&out[h*ostride], &q[h*d], &k[0], n, d, ostride, scale)
+	}
+}
+
+func accumBF16AVX2(acc, p []float32, v []byte, nh, n, d, pstride int) {
+	if d <= 0 || d%8 != 0 {
+		accumBF16Go(acc, p, v, nh, n, d, pstride)
+		return
+	}
+	if nh <= 0 || n <= 0 {
+		return
+	}
+	_ = acc[nh*d-1]
+	_ = p[(nh-1)*pstride+n-1]
+	_ = v[2*n*d-1]
+	h := 0
+	for ; nh-h >= 4; h += 4 {
+		accumBF16H4(&acc[h*d], &p[h*pstride], &v[0], n, d, pstride)
+	}
+	if nh-h >= 2 {
+		accumBF16H2(&acc[h*d], &p[h*pstride], &v[0], n, d, pstride)
+		h += 2
+	}
+	if nh-h >= 1 {
+		accumBF16H1(&acc[h*d], &p[h*pstride], &v[0], n, d, pstride)
+	}
+}
+
+func accumF32AVX2(acc, p, v []float32, nh, n, d, pstride int) {
+	if d <= 0 || d%8 != 0 {
+		accumF32Go(acc, p, v, nh, n, d, pstride)
+		return
+	}
+	if nh <= 0 || n <= 0 {
+		return
+	}
+	_ = acc[nh*d-1]
+	_ = p[(nh-1)*pstride+n-1]
+	_ = v[n*d-1]
+	h := 0
+	for ; nh-h >= 4; h += 4 {
+		accumF32H4(&acc[h*d], &p[h*pstride], &v[0], n, d, pstride)
+	}
+	if nh-h >= 2 {
+		accumF32H2(&acc[h*d], &p[h*pstride], &v[0], n, d, pstride)
+		h += 2
+	}
+	if nh-h >= 1 {
+		accumF32H1(&acc[h*d], &p[h*pstride], &v[0], n, d, pstride)
+	}
+}
+
+func expSumAVX2Slice(x []float32, m float32) float32 {
+	if len(x) == 0 {
+		return 0
+	}
+	return expSumAVX2(&x[0], len(x), m)
+}
+
+// Generated routines (kernels_amd64.s).
+
+// scoresBF16H4 sets out[h*ostride+t] = scale * Σ_{c<d} q[h*d+c]*K(t,c)
+// for h < 4, t < n; n > 0, d > 0 and d%8 == 0.
+//
+//go:noescape
+func scoresBF16H4(out *float32, q *float32, k *byte, n int, d int, ostride int, scale float32)
+
+// scoresBF16H2 sets out[h*ostride+t] = scale * Σ_{c<d} q[h*d+c]*K(t,c)
+// for h < 2, t < n; n > 0, d > 0 and d%8 == 0.
+//
+//go:noescape
+func scoresBF16H2(out *float32, q *float32, k *byte, n int, d int, ostride int, scale float32)
+
+// scoresBF16H1 sets out[h*ostride+t] = scale * Σ_{c<d} q[h*d+c]*K(t,c)
+// for h < 1, t < n; n > 0, d > 0 and d%8 == 0.
+//
+//go:noescape
+func scoresBF16H1(out *float32, q *float32, k *byte, n int, d int, ostride int, scale float32)
+
+// accumBF16H4 adds acc[h*d+c] += Σ_{t<n} p[h*pstride+t]*V(t,c)
+// for h < 4, c < d; n > 0, d > 0 and d%8 == 0.
+//
+//go:noescape
+func accumBF16H4(acc *float32, p *float32, v *byte, n int, d int, pstride int)
+
+// accumBF16H2 adds acc[h*d+c] += Σ_{t<n} p[h*pstride+t]*V(t,c)
+// for h < 2, c < d; n > 0, d > 0 and d%8 == 0.
+//
+//go:noescape
+func accumBF16H2(acc *float32, p *float32, v *byte, n int, d int, pstride int)
+
+// accumBF16H1 adds acc[h*d+c] += Σ_{t<n} p[h*pstride+t]*V(t,c)
+// for h < 1, c < d; n > 0, d > 0 and d%8 == 0.
+//
+//go:noescape
+func accumBF16H1(acc *float32, p *float32, v *byte, n int, d int, pstride int)
+
+// scoresF32H4 sets out[h*ostride+t] = scale * Σ_{c<d} q[h*d+c]*K(t,c)
+// for h < 4, t < n; n > 0, d > 0 and d%8 == 0.
+//
+//go:noescape
+func scoresF32H4(out *float32, q *float32, k *float32, n int, d int, ostride int, scale float32)
+
+// scoresF32H2 sets out[h*ostride+t] = scale * Σ_{c<d} q[h*d+c]*K(t,c)
+// for h < 2, t < n; n > 0, d > 0 and d%8 == 0.
+//
+//go:noescape
+func scoresF32H2(out *float32, q *float32, k *float32, n int, d int, ostride int, scale float32)
+
+// scoresF32H1 sets out[h*ostride+t] = scale * Σ_{c<d} q[h*d+c]*K(t,c)
+// for h < 1, t < n; n > 0, d > 0 and d%8 == 0.
+//
+//go:noescape
+func scoresF32H1(out *float32, q *float32, k *float32, n int, d int, ostride int, scale float32)
+
+// accumF32H4 adds acc[h*d+c] += Σ_{t<n} p[h*pstride+t]*V(t,c)
+// for h < 4, c < d; n > 0, d > 0 and d%8 == 0.
+//
+//go:noescape
+func accumF32H4(acc *float32, p *float32, v *float32, n int, d int, pstride int)
+
+// accumF32H2 adds acc[h*d+c] += Σ_{t<n} p[h*pstride+t]*V(t,c)
+// for h < 2, c < d; n > 0, d > 0 and d%8 == 0.
+//
+//go:noescape
+func accumF32H2(acc *float32, p *float32, v *float32, n int, d int, pstride int)
+
+// accumF32H1 adds acc[h*d+c] += Σ_{t<n} p[h*pstride+t]*V(t,c)
+// for h < 1, c < d; n > 0, d > 0 and d%8 == 0.
+//
+//go:noescape
+func accumF32H1(acc *float32, p *float32, v *float32, n int, d int, pstride int)
+
+// expSumAVX2 sets x[i] = exp(x[i]-m) for i < n and returns their sum;
+// results below the smallest normal float32 are 0.
+//
+//go:noescape
+func expSumAVX2(x *float32, n int, m float32) float32

@@ -1,0 +1,392 @@
+package model
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/kvflow/kvflow/tensor"
+)
+
+// kernelRand returns a generator with a fresh seed, logged so that a
+// failure can be reproduced.
+func kernelRand(t *testing.T) *rand.Rand {
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	return rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+}
+
+func randF32(r *rand.Rand, n int) []float32 {
+	x := make([]float32, n)
+	for i := range x {
+		x[i] = float32(r.NormFloat64())
+	}
+	return x
+}
+
+// randBF16 returns n random bf16 values as bytes and decoded.
+func randBF16(r *rand.Rand, n int) ([]byte, []float32) {
+	b := make([]byte, 2*n)
+	f := make([]float32, n)
+	for i := range n {
+		h := tensor.BF16FromF32(float32(r.NormFloat64()))
+		binary.LittleEndian.PutUint16(b[2*i:], h)
+		f[i] = tensor.F32FromBF16(h)
+	}
+	return b, f
+}
+
+// relErr is ‖a−b‖/‖b‖ (‖a−b‖ when b is 0).
+func relErr(a, b []float32) float64 {
+	var num, den float64
+	for i := range b {
+		d := float64(a[i]) - float64(b[i])
+		num += d * d
+		den += float64(b[i]) * float64(b[i])
+	}
+	if den == 0 {
+		return math.Sqrt(num)
+	}
+	return math.Sqrt(num / den)
+}
+
+// kernelShape is one call's geometry.
+type kernelShape struct{ nh, n, d, stride int }
+
+func (s kernelShape) String() string {
+	return fmt.Sprintf("nh=%d n=%d d=%d stride=%d", s.nh, s.n, s.d, s.stride)
+}
+
+func kernelShapes(r *rand.Rand) []kernelShape {
+	var shapes []kernelShape
+	for _, nh := range []int{1, 2, 3, 4, 5, 8, 13} {
+		for _, d := range []int{8, 16, 24, 32, 64, 128, 20} {
+			for _, n := range []int{0, 1, 2, 3, 5, 7, 8, 16, 31, 33, 64} {
+				shapes = append(shapes, kernelShape{nh, n, d, n + r.IntN(4)})
+			}
+		}
+	}
+	return shapes
+}
+
+// sentinel marks output elements a kernel must not write.
+const sentinel = float32(-12345.5)
+
+// kernelCase holds random inputs for one shape, K and V both as bf16 bytes
+// and as float32 (the same values, so either form gives the same result).
+type kernelCase struct {
+	kernelShape
+	q, p    []float32 // nh*d; nh*stride
+	kb, vb  []byte    // n*d bf16
+	kf, vf  []float32 // n*d, decoded
+	acc0    []float32 // nh*d, accumulator's initial value
+	outSize int       // nh*stride
+	scale   float32
+}
+
+func newKernelCase(r *rand.Rand, s kernelShape) *kernelCase {
+	c := &kernelCase{kernelShape: s, scale: float32(1 / math.Sqrt(float64(s.d)))}
+	c.q = randF32(r, s.nh*s.d)
+	c.p = randF32(r, s.nh*s.stride)
+	c.kb, c.kf = randBF16(r, s.n*s.d)
+	c.vb, c.vf = randBF16(r, s.n*s.d)
+	c.acc0 = randF32(r, s.nh*s.d)
+	c.outSize = max(s.nh*s.stride, 1)
+	return c
+}
+
+func (c *kernelCase) newOut() []float32 {
+	out := make([]float32, c.outSize)
+	for i := range out {
+		out[i] = sentinel
+	}
+	return out
+}
+
+// checkUntouched reports out elements outside [h*stride, h*stride+n) that
+// are not the sentinel.
+func (c *kernelCase) checkUntouched(t *testing.T, what string, out []float32) {
+	t.Helper()
+	for i, v := range out {
+		if h, tok := i/max(c.stride, 1), i%max(c.stride, 1); h < c.nh && tok < c.n {
+			continue
+		}
+		if v != sentinel {
+			t.Fatalf("%s %v: out[%d] = %v written outside the scores", what, c.kernelShape, i, v)
+		}
+	}
+}
+
+// run computes the four page kernels of ks on c.
+func (c *kernelCase) run(ks *kernels) (sb, sf, ab, af []float32) {
+	sb, sf = c.newOut(), c.newOut()
+	ks.scoresBF16(sb, c.q, c.kb, c.nh, c.n, c.d, c.stride, c.scale)
+	ks.scoresF32(sf, c.q, c.kf, c.nh, c.n, c.d, c.stride, c.scale)
+	ab = append([]float32(nil), c.acc0...)
+	af = append([]float32(nil), c.acc0...)
+	ks.accumBF16(ab, c.p, c.vb, c.nh, c.n, c.d, c.stride)
+	ks.accumF32(af, c.p, c.vf, c.nh, c.n, c.d, c.stride)
+	return
+}
+
+// reference computes the kernels in float64.
+func (c *kernelCase) reference() (scores, acc []float32) {
+	scores = c.newOut()
+	acc = append([]float32(nil), c.acc0...)
+	for h := range c.nh {
+		for t := range c.n {
+			var s float64
+			for j := range c.d {
+				kv := tensor.F32FromBF16(binary.LittleEndian.Uint16(c.kb[2*(t*c.d+j):]))
+				s += float64(c.q[h*c.d+j]) * float64(kv)
+			}
+			scores[h*c.stride+t] = float32(float64(c.scale) * s)
+		}
+		for j := range c.d {
+			s := float64(c.acc0[h*c.d+j])
+			for t := range c.n {
+				vv := tensor.F32FromBF16(binary.LittleEndian.Uint16(c.vb[2*(t*c.d+j):]))
+				s += float64(c.p[h*c.stride+t]) * float64(vv)
+			}
+			acc[h*c.d+j] = float32(s)
+		}
+	}
+	return
+}
+
+func testKernelSets(t *testing.T) []*kernels {
+	sets := []*kernels{goKernels}
+	if vecKernels != nil {
+		sets = append(sets, vecKernels)
+	}
+	return sets
+}
+
+func TestKernelsReference(t *testing.T) {
+	r := kernelRand(t)
+	for _, ks := range testKernelSets(t) {
+		for _, s := range kernelShapes(r) {
+			c := newKernelCase(r, s)
+			wantS, wantA := c.reference()
+			sb, sf, ab, af := c.run(ks)
+			for _, x := range []struct {
+				what      string
+				got, want []float32
+			}{{"scoresBF16", sb, wantS}, {"scoresF32", sf, wantS}, {"accumBF16", ab, wantA}, {"accumF32", af, wantA}} {
+				if e := relErr(x.got, x.want); e > 1e-5 {
+					t.Errorf("%s %s %v: relative error %.3g against float64", ks.name, x.what, s, e)
+				}
+			}
+			c.checkUntouched(t, ks.name+" scoresBF16", sb)
+			c.checkUntouched(t, ks.name+" scoresF32", sf)
+		}
+	}
+}
+
+func TestKernelsVectorMatchesGo(t *testing.T) {
+	if vecKernels == nil {
+		t.Skip("no vector kernels on this CPU")
+	}
+	if vecKernels.name != "avx2" || defaultKernels() != vecKernels || selectKernels(false) != goKernels {
+		t.Fatalf("kernel selection: vec %q, default %q", vecKernels.name, defaultKernels().name)
+	}
+	r := kernelRand(t)
+	for _, s := range kernelShapes(r) {
+		c := newKernelCase(r, s)
+		gsb, gsf, gab, gaf := c.run(goKernels)
+		vsb, vsf, vab, vaf := c.run(vecKernels)
+		for _, x := range []struct {
+			what      string
+			got, want []float32
+		}{{"scoresBF16", vsb, gsb}, {"scoresF32", vsf, gsf}, {"accumBF16", vab, gab}, {"accumF32", vaf, gaf}} {
+			if e := relErr(x.got, x.want); e > 1e-5 {
+				t.Errorf("%s %v: avx2 vs go relative error %.3g", x.what, s, e)
+			}
+		}
+	}
+}
+
+// TestKernelsShortSlices checks that the vector wrappers panic on slices
+// shorter than the shape instead of reaching past them.
+func TestKernelsShortSlices(t *testing.T) {
+	if vecKernels == nil {
+		t.Skip("no vector kernels on this CPU")
+	}
+	r := kernelRand(t)
+	c := newKernelCase(r, kernelShape{nh: 4, n: 9, d: 32, stride: 9})
+	for name, f := range map[string]func(){
+		"scoresBF16 k": func() { vecKernels.scoresBF16(c.newOut(), c.q, c.kb[:len(c.kb)-1], 4, 9, 32, 9, 1) },
+		"scoresF32 q":  func() { vecKernels.scoresF32(c.newOut(), c.q[:len(c.q)-1], c.kf, 4, 9, 32, 9, 1) },
+		"scoresF32 o":  func() { vecKernels.scoresF32(c.newOut()[:3*9+8], c.q, c.kf, 4, 9, 32, 9, 1) },
+		"accumBF16 v":  func() { vecKernels.accumBF16(make([]float32, 4*32), c.p, c.vb[:len(c.vb)-1], 4, 9, 32, 9) },
+		"accumF32 acc": func() { vecKernels.accumF32(make([]float32, 4*32-1), c.p, c.vf, 4, 9, 32, 9) },
+		"accumF32 p":   func() { vecKernels.accumF32(make([]float32, 4*32), c.p[:3*9+8], c.vf, 4, 9, 32, 9) },
+	} {
+		func() {
+			defer func() {
+				if recover() == nil {
+					t.Errorf("%s: short slice accepted", name)
+				}
+			}()
+			f()
+		}()
+	}
+}
+
+// expInputs returns n values x with max 0 (so m = 0 is the max), spread
+// over [-100, 0], with a share of -Inf.
+func expInputs(r *rand.Rand, n int) []float32 {
+	x := make([]float32, n)
+	for i := range x {
+		switch r.IntN(8) {
+		case 0:
+			x[i] = float32(math.Inf(-1))
+		case 1:
+			x[i] = -100 * r.Float32()
+		default:
+			x[i] = -10 * r.Float32()
+		}
+	}
+	if n > 0 {
+		x[r.IntN(n)] = 0
+	}
+	return x
+}
+
+func TestExpSum(t *testing.T) {
+	r := kernelRand(t)
+	for _, ks := range testKernelSets(t) {
+		// A sweep from 0 down to -100, then -Inf, against float64.
+		var x []float32
+		for y := 0.0; y >= -100; y -= 0.01 {
+			x = append(x, float32(y))
+		}
+		x = append(x, float32(math.Inf(-1)), float32(math.Inf(-1)))
+		const m = 2.5 // shift every input: x - m spans about [-102.5, -2.5]
+		orig := make([]float32, len(x))
+		for i := range x {
+			orig[i] = x[i] + m
+		}
+		in := append([]float32(nil), orig...)
+		got := ks.expSum(in, m)
+		var want float64
+		for i, e := range in {
+			y := float64(orig[i] - m) // the kernel's argument, as it rounds it
+			if math.IsInf(y, -1) {
+				if e != 0 {
+					t.Fatalf("%s: exp(-Inf) = %v, want exactly 0", ks.name, e)
+				}
+				continue
+			}
+			w := math.Exp(y)
+			if y < expMin {
+				if e != 0 {
+					t.Fatalf("%s: exp(%v) = %v, want 0 (below expMin)", ks.name, y, e)
+				}
+				continue
+			}
+			want += w
+			if rel := math.Abs(float64(e)-w) / w; rel > 1e-6 {
+				t.Fatalf("%s: exp(%v) = %v, want %v (relative error %.3g)", ks.name, y, e, w, rel)
+			}
+		}
+		if rel := math.Abs(float64(got)-want) / want; rel > 1e-5 {
+			t.Errorf("%s: sum %v, want %v", ks.name, got, want)
+		}
+
+		// All -Inf: every result and the sum are exactly 0.
+		for n := range 20 {
+			x := make([]float32, n)
+			for i := range x {
+				x[i] = float32(math.Inf(-1))
+			}
+			if s := ks.expSum(x, 0); s != 0 {
+				t.Fatalf("%s: sum of exp(-Inf) over %d = %v", ks.name, n, s)
+			}
+			for i, e := range x {
+				if e != 0 || math.Signbit(float64(e)) {
+					t.Fatalf("%s: n=%d exp(-Inf)[%d] = %v", ks.name, n, i, e)
+				}
+			}
+		}
+	}
+
+	if vecKernels == nil {
+		return
+	}
+	// Vector against Go on every length up to 70 and a long one, with
+	// elements past the length left alone.
+	for _, n := range append(rangeInts(71), 1000, 1001) {
+		x := expInputs(r, n)
+		const m = 3.25
+		for i := range x {
+			x[i] += m
+		}
+		xg := append([]float32(nil), x...)
+		xv := append(append([]float32(nil), x...), 42, 42, 42, 42, 42, 42, 42, 42)
+		sg := goKernels.expSum(xg, m)
+		sv := vecKernels.expSum(xv[:n], m)
+		if e := relErr(xv[:n], xg); e > 1e-6 {
+			t.Errorf("n=%d: avx2 vs go exp relative error %.3g", n, e)
+		}
+		if n > 0 && math.Abs(float64(sv-sg))/float64(sg) > 1e-6 {
+			t.Errorf("n=%d: avx2 sum %v, go %v", n, sv, sg)
+		}
+		for i, v := range xv[n:] {
+			if v != 42 {
+				t.Fatalf("n=%d: x[%d] written past the end", n, n+i)
+			}
+		}
+	}
+}
+
+func rangeInts(n int) []int {
+	s := make([]int, n)
+	for i := range s {
+		s[i] = i
+	}
+	return s
+}
+
+// BenchmarkKernels times the bf16 page kernels on a typical GQA shape: 4
+// query heads over a 64-token page of a 128-wide head. Bytes are those of
+// the K or V page read.
+func BenchmarkKernels(b *testing.B) {
+	const nh, n, d = 4, 64, 128
+	r := rand.New(rand.NewPCG(1, 2))
+	q := randF32(r, nh*d)
+	p := randF32(r, nh*n)
+	kb, _ := randBF16(r, n*d)
+	out := make([]float32, nh*n)
+	acc := make([]float32, nh*d)
+	for _, ks := range []*kernels{goKernels, vecKernels} {
+		if ks == nil {
+			continue
+		}
+		b.Run(ks.name+"/scoresBF16", func(b *testing.B) {
+			b.SetBytes(int64(len(kb)))
+			for b.Loop() {
+				ks.scoresBF16(out, q, kb, nh, n, d, n, 0.125)
+			}
+		})
+		b.Run(ks.name+"/accumBF16", func(b *testing.B) {
+			b.SetBytes(int64(len(kb)))
+			for b.Loop() {
+				ks.accumBF16(acc, p, kb, nh, n, d, n)
+			}
+		})
+		b.Run(ks.name+"/expSum", func(b *testing.B) {
+			x := make([]float32, n)
+			b.SetBytes(4 * n)
+			for b.Loop() {
+				for i := range x {
+					x[i] = -float32(i) * 0.25
+				}
+				ks.expSum(x, 0)
+			}
+		})
+	}
+}
