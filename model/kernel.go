@@ -246,10 +246,11 @@ const (
 )
 
 // decodeSparse reports whether query q of the plan is read block-sparse:
-// a single decode token whose context has more pages than TopK.
+// a single decode token. Its pages are then always chosen by list, even
+// when TopK covers them all, so that this path is the one tested against
+// dense.
 func (p *plan) decodeSparse(q int) bool {
-	k, qq := p.k, &p.qs[q]
-	return k.sparse && k.tokens(qq) == 1 && qq.KV.Pages(qq.Start+1) > k.opts.TopK
+	return p.k.sparse && p.k.tokens(&p.qs[q]) == 1
 }
 
 // route fills p.lists with the pages each sparse (q, g) reads.
@@ -274,6 +275,9 @@ func (p *plan) summaries(q int) {
 	kv := p.qs[q].KV
 	total := p.qs[q].Start + 1
 	pages := kv.Pages(total)
+	if pages <= p.k.opts.TopK {
+		return // every page is kept: the router has nothing to score
+	}
 	for len(kv.Summaries) < pages {
 		kv.Summaries = append(kv.Summaries, nil)
 	}
@@ -298,8 +302,10 @@ func (p *plan) routeOne(i int, s *kscratch) {
 	qq := &p.qs[q]
 	pages := qq.KV.Pages(qq.Start + 1)
 	s.route = resize(s.route, pages)
-	rows := qq.Q[g*k.group*k.dim : (g+1)*k.group*k.dim]
-	k.router.Score(s.route, rows, k.group, g, qq.KV.Summaries[:pages])
+	if pages > k.opts.TopK { // else every page is kept: no need to score
+		rows := qq.Q[g*k.group*k.dim : (g+1)*k.group*k.dim]
+		k.router.Score(s.route, rows, k.group, g, qq.KV.Summaries[:pages])
+	}
 	p.lists[i] = SelectPages(p.lists[i], s.route, pages, k.opts.TopK, k.recent)
 }
 
