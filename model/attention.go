@@ -75,6 +75,14 @@ func (a *Attention) Config() Config { return a.cfg }
 // Kernel returns the layer's attention kernel.
 func (a *Attention) Kernel() *Kernel { return a.kernel }
 
+// WithKernel returns the layer with its attention computed by k, sharing
+// a's weights. k must have the layer's geometry.
+func (a *Attention) WithKernel(k *Kernel) *Attention {
+	b := &Attention{cfg: a.cfg, w: a.w, rope: a.rope, kernel: k}
+	b.pool.New = func() any { return new(scratch) }
+	return b
+}
+
 // Forward runs the layer for n = len(x)/HiddenSize new tokens that occupy
 // sequence indices start..start+n-1; pos holds their three MRoPE position
 // rows (temporal, height, width), each of length n.
