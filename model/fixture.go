@@ -214,6 +214,8 @@ type VerifyResult struct {
 	Decode         []float64 // per decode step
 	CacheK, CacheV float64
 	Max            float64 // the largest of all the above
+	// Out holds the outputs, the prefill's then each decode step's.
+	Out []float32
 }
 
 func (r *VerifyResult) String() string {
@@ -234,7 +236,12 @@ func (r *VerifyResult) String() string {
 // all its tokens and then one call per decode step, and compares the outputs
 // and the final cache with the references.
 func (f *Fixture) Verify(dtype DType, blockTokens int) (*VerifyResult, error) {
-	att, err := NewAttention(f.Config, f.Weights)
+	return f.VerifyWith(dtype, blockTokens, Options{})
+}
+
+// VerifyWith is Verify with the attention kernel opts choose.
+func (f *Fixture) VerifyWith(dtype DType, blockTokens int, opts Options) (*VerifyResult, error) {
+	att, err := NewAttentionWith(f.Config, f.Weights, opts)
 	if err != nil {
 		return nil, fmt.Errorf("verify %s: %w", f.Name, err)
 	}
@@ -251,11 +258,13 @@ func (f *Fixture) Verify(dtype DType, blockTokens int) (*VerifyResult, error) {
 	}
 	res.Prefill = RelErr(out, f.Prefill.Output)
 	res.Max = res.Prefill
+	res.Out = append(res.Out, out...)
 	for i, st := range f.Decode {
 		out := out[:f.Config.HiddenSize]
 		if err := att.Forward(st.Hidden, st.Pos, kv, S+i, out); err != nil {
 			return nil, fmt.Errorf("verify %s: decode step %d: %w", f.Name, i, err)
 		}
+		res.Out = append(res.Out, out...)
 		e := RelErr(out, st.Output)
 		res.Decode = append(res.Decode, e)
 		res.Max = max(res.Max, e)

@@ -20,6 +20,13 @@ type PagedKV struct {
 	KVHeads     int
 	HeadDim     int
 	K, V        [][]byte
+
+	// Summaries holds the key summary of each page for block-sparse
+	// attention; entries may be missing or nil. The kernel creates and
+	// updates them as the pages fill, and Forward resets one whose rows
+	// it overwrites. A caller that rebuilds a PagedKV over the same pages
+	// may carry the summaries over.
+	Summaries []*PageSummary
 }
 
 // NewPagedKV returns an empty cache with the geometry of cfg.

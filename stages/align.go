@@ -64,6 +64,12 @@ func (a *Align) Process(ctx context.Context, s *Step) (*Step, error) {
 			kv.K[i], kv.V[i] = pg.K, pg.V
 		}
 	}
+	sums := seq.sums[s.Layer]
+	for len(sums) < blocks {
+		sums = append(sums, new(model.PageSummary))
+	}
+	seq.sums[s.Layer] = sums
+	kv.Summaries = sums[:blocks:blocks]
 	s.KV = kv
 	return s, nil
 }

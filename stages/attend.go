@@ -3,30 +3,123 @@ package stages
 import (
 	"context"
 	"fmt"
+
+	"github.com/kvflow/kvflow/model"
 )
 
 // AttendSettings are the attend stage's HCL settings.
 type AttendSettings struct {
-	// Kernel selects the attention kernel; "dense" is the one there is.
+	// Kernel selects the attention kernel: "dense" or "block_sparse".
 	Kernel string `hcl:"kernel,optional"`
+	// TopK is the number of pages block-sparse decode reads per KV head,
+	// sink and recent pages included.
+	TopK *int `hcl:"top_k,optional"`
+	// Recent is the number of most recent pages block-sparse decode always
+	// reads (model.DefaultRecent when unset).
+	Recent *int `hcl:"recent,optional"`
+	// Router is a safetensors file with a learned page-scoring matrix
+	// ("router.weight", [head_dim, head_dim]); without it pages are scored
+	// by the bound their key summaries put on q·k.
+	Router string `hcl:"router,optional"`
+	// Threads is the number of goroutines one step's attention may use: a
+	// decode token's pages are split among them. The stage's workers
+	// already run different requests in parallel, so the default is 1.
+	Threads *int `hcl:"threads,optional"`
+
+	router *model.LearnedRouter // loaded by Validate
 }
 
-// Validate implements Validator.
-func (s AttendSettings) Validate() error {
-	if s.Kernel != "dense" {
-		return SettingErrorf("kernel", "%q: the available kernel is \"dense\"", s.Kernel)
+// Validate implements Validator. It loads the router file, so that a bad
+// one is a diagnostic, not a failed run.
+func (s *AttendSettings) Validate() error {
+	switch s.Kernel {
+	case model.KernelDense:
+		for attr, set := range map[string]bool{"top_k": s.TopK != nil, "recent": s.Recent != nil, "router": s.Router != ""} {
+			if set {
+				return SettingErrorf(attr, "only the block_sparse kernel reads %s", attr)
+			}
+		}
+	case model.KernelBlockSparse:
+		if s.TopK == nil {
+			return SettingErrorf("kernel", "block_sparse needs top_k, the number of pages each decode token reads per KV head")
+		}
+		if *s.TopK < 1 {
+			return SettingErrorf("top_k", "%d: must be at least 1", *s.TopK)
+		}
+		if s.Recent != nil && *s.Recent < 1 {
+			return SettingErrorf("recent", "%d: must be at least 1 (the page being written)", *s.Recent)
+		}
+		if s.Router != "" {
+			r, err := model.LoadRouter(s.Router, 0)
+			if err != nil {
+				return SettingErrorf("router", "%v", err)
+			}
+			s.router = r
+		}
+	default:
+		return SettingErrorf("kernel", "%q: want %q or %q", s.Kernel, model.KernelDense, model.KernelBlockSparse)
+	}
+	if s.Threads != nil && *s.Threads < 1 {
+		return SettingErrorf("threads", "%d: must be at least 1", *s.Threads)
 	}
 	return nil
+}
+
+// options returns the kernel options of the settings for a model with
+// head dimension headDim.
+func (s *AttendSettings) options(headDim int) (model.Options, error) {
+	o := model.Options{Kernel: s.Kernel, Workers: 1}
+	if s.Threads != nil {
+		o.Workers = *s.Threads
+	}
+	if s.Kernel == model.KernelBlockSparse {
+		o.TopK = *s.TopK
+		if s.Recent != nil {
+			o.Recent = *s.Recent
+		}
+		if s.router != nil {
+			if s.router.Dim != headDim {
+				return o, fmt.Errorf("router %s: its matrix is %d×%d, the model's head_dim is %d", s.Router, s.router.Dim, s.router.Dim, headDim)
+			}
+			o.Router = s.router
+		}
+	}
+	return o, nil
 }
 
 // Attend runs the layer's attention for the step's new tokens over its paged
 // K/V view, writing their K/V into the view's pages. It first takes the
 // cached pages that were loading from the store; the time it waits for them
 // is the step's stall.
-type Attend struct{ env *Env }
+type Attend struct {
+	env    *Env
+	layers []*model.Attention // env's layers with the stage's kernel
+}
 
-// NewAttend returns the attend stage.
-func NewAttend(env *Env) *Attend { return &Attend{env: env} }
+// NewAttend returns the attend stage with the dense kernel on one thread.
+func NewAttend(env *Env) *Attend {
+	a, err := NewAttendWith(env, model.Options{})
+	if err != nil {
+		panic(err) // the zero Options are valid
+	}
+	return a
+}
+
+// NewAttendWith returns the attend stage with the kernel opts choose.
+func NewAttendWith(env *Env, opts model.Options) (*Attend, error) {
+	a := &Attend{env: env}
+	if env.Metadata {
+		return a, nil
+	}
+	k, err := model.NewKernel(env.Model, opts)
+	if err != nil {
+		return nil, err
+	}
+	for l := range env.layers {
+		a.layers = append(a.layers, env.Layer(l).WithKernel(k))
+	}
+	return a, nil
+}
 
 // Name returns "attend".
 func (a *Attend) Name() string { return "attend" }
@@ -69,7 +162,7 @@ func (a *Attend) Process(ctx context.Context, s *Step) (*Step, error) {
 		pos[i] = r.Positions[i][s.Start:s.End]
 	}
 	s.Out = make([]float32, n*hidden)
-	if err := a.env.Layer(s.Layer).Forward(x, pos, s.KV, s.Start, s.Out); err != nil {
+	if err := a.layers[s.Layer].Forward(x, pos, s.KV, s.Start, s.Out); err != nil {
 		return nil, err
 	}
 	s.Seq.wrote(s.Layer, s.End)

@@ -10,6 +10,7 @@ import (
 	"github.com/hashicorp/hcl/v2/gohcl"
 
 	"github.com/kvflow/kvflow/config"
+	"github.com/kvflow/kvflow/model"
 	"github.com/kvflow/kvflow/pipeline"
 )
 
@@ -76,8 +77,14 @@ func DefaultRegistry() *Registry {
 	must(RegisterStage(r, "prefetch", func() PrefetchSettings { return PrefetchSettings{Lookahead: DefaultLookahead} },
 		func(e *Env, s PrefetchSettings) (pipeline.Stage[*Step, *Step], error) { return NewPrefetch(e, s), nil }))
 	must(RegisterStage(r, "align", none, func(e *Env, _ struct{}) (pipeline.Stage[*Step, *Step], error) { return NewAlign(e), nil }))
-	must(RegisterStage(r, "attend", func() AttendSettings { return AttendSettings{Kernel: "dense"} },
-		func(e *Env, _ AttendSettings) (pipeline.Stage[*Step, *Step], error) { return NewAttend(e), nil }))
+	must(RegisterStage(r, "attend", func() AttendSettings { return AttendSettings{Kernel: model.KernelDense} },
+		func(e *Env, s AttendSettings) (pipeline.Stage[*Step, *Step], error) {
+			o, err := s.options(e.Model.HeadDim)
+			if err != nil {
+				return nil, err
+			}
+			return NewAttendWith(e, o)
+		}))
 	must(RegisterStage(r, "evict", func() EvictSettings { return EvictSettings{Policy: "lru"} },
 		func(e *Env, _ EvictSettings) (pipeline.Stage[*Step, *Step], error) { return NewEvict(e), nil }))
 	must(RegisterSource(r, "synthetic_chat", DefaultChatSettings, func(s ChatSettings) (Source, error) { return NewChat(s) }))

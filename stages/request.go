@@ -147,12 +147,16 @@ type Sequence struct {
 	written []int
 	// owned holds the pool tensors of the request's own pages, freed on
 	// release: the tier keeps copies of what it stores. Guarded by mu.
+	// sums[layer][block] is the key summary of each page for block-sparse
+	// attention, kept across the request's steps so that a page is
+	// summarised once. Guarded by mu.
+	sums     [][]*model.PageSummary
 	owned    []*storage.Tensor
 	pool     *storage.Pool // where owned came from
 	released bool          // guarded by mu
 }
 
 func newSequence(layers int) *Sequence {
-	return &Sequence{pages: make([][]*storage.Page, layers), committed: make([]int, layers), written: make([]int, layers),
+	return &Sequence{pages: make([][]*storage.Page, layers), sums: make([][]*model.PageSummary, layers), committed: make([]int, layers), written: make([]int, layers),
 		issued: make([]bool, layers), loads: map[storage.PageKey]*storage.Load{}}
 }

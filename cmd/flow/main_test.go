@@ -27,7 +27,7 @@ func TestUsage(t *testing.T) {
 		{"verify"}, {"run", "testdata/tiny.hcl", "--var", "novalue"}, {"run", "testdata/tiny.hcl", "--bogus"},
 		{"run", "testdata/tiny.hcl", "--log-level", "loud"}, {"verify", "--dtype", "int3", "x"},
 		{"run", "testdata/tiny.hcl", "--progress", "1ns"}, {"run", "testdata/tiny.hcl", "--json", "/"},
-		{"verify", "--block-tokens", "100000000", "x"}, {"verify", "--tolerance", "NaN", "x"}, {"verify", "--tolerance", "-1", "x"}} {
+		{"verify", "--block-tokens", "100000000", "x"}, {"verify", "--tolerance", "NaN", "x"}, {"verify", "--tolerance", "-1", "x"}, {"verify", "--threads", "0", "x"}} {
 		if code, _, stderr := flow(t, args...); code != exitUsage || stderr == "" {
 			t.Errorf("flow %v: exit %d, stderr %q; want exit 2 with a message", args, code, stderr)
 		}
@@ -140,8 +140,14 @@ func TestVerifyFixtures(t *testing.T) {
 		t.Fatalf("fixtures: %v", fixtures)
 	}
 	code, out, stderr := flow(t, append([]string{"verify"}, fixtures...)...)
-	if code != 0 || strings.Count(out, ": ok") != 2 {
+	if code != 0 || strings.Count(out, ": ok  dense") != 2 || strings.Count(out, ": ok  block_sparse") != 2 {
 		t.Fatalf("verify: exit %d\n%s%s", code, out, stderr)
+	}
+	for _, args := range [][]string{{"--threads", "3"}, {"--dtype", "bf16", "--block-tokens", "7", "--tolerance", "1e-2"}} {
+		code, out, stderr = flow(t, append(append([]string{"verify"}, args...), fixtures...)...)
+		if code != 0 || strings.Count(out, ": ok  block_sparse") != 2 || strings.Contains(out, "FAIL") {
+			t.Fatalf("verify %v: exit %d\n%s%s", args, code, out, stderr)
+		}
 	}
 	// A tolerance no float32 computation meets must fail with exit 1.
 	code, out, _ = flow(t, "verify", "--tolerance", "1e-12", fixtures[0])

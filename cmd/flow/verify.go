@@ -13,11 +13,15 @@ import (
 // sequence only waste memory.
 const maxVerifyBlock = 1 << 12
 
+// maxVerifyThreads bounds --threads.
+const maxVerifyThreads = 1 << 10
+
 func verifyCmd(args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("verify", stderr)
 	block := fs.Int("block-tokens", 16, "tokens per KV page")
 	dtypeName := fs.String("dtype", "f32", "page dtype: f32 or bf16")
 	tol := fs.Float64("tolerance", 1e-4, "largest relative error that passes")
+	threads := fs.Int("threads", 1, "goroutines each attention call may use")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return exitUsage
@@ -35,6 +39,10 @@ func verifyCmd(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "flow verify: --block-tokens %d: want 1 to %d\n", *block, maxVerifyBlock)
 		return exitUsage
 	}
+	if *threads < 1 || *threads > maxVerifyThreads {
+		fmt.Fprintf(stderr, "flow verify: --threads %d: want 1 to %d\n", *threads, maxVerifyThreads)
+		return exitUsage
+	}
 	if !(*tol >= 0) || math.IsInf(*tol, 0) {
 		fmt.Fprintf(stderr, "flow verify: --tolerance %v: want a finite number >= 0\n", *tol)
 		return exitUsage
@@ -47,7 +55,7 @@ func verifyCmd(args []string, stdout, stderr io.Writer) int {
 			code = max(code, exitUsage)
 			continue
 		}
-		res, err := fx.Verify(dtype, *block)
+		res, err := fx.VerifyWith(dtype, *block, model.Options{Workers: *threads})
 		if err != nil {
 			fmt.Fprintf(stderr, "flow verify: %s: %v\n", path, err)
 			code = max(code, exitFailed)
@@ -62,8 +70,34 @@ func verifyCmd(args []string, stdout, stderr io.Writer) int {
 		if len(res.Decode) > 0 {
 			dec = slices.Max(res.Decode)
 		}
-		fmt.Fprintf(stdout, "%s: %s  max rel err %.3g (prefill %.3g, decode %.3g over %d steps, cache K %.3g V %.3g; tolerance %g, %s pages of %d tokens)\n",
+		fmt.Fprintf(stdout, "%s: %s  dense: max rel err %.3g (prefill %.3g, decode %.3g over %d steps, cache K %.3g V %.3g; tolerance %g, %s pages of %d tokens)\n",
 			path, verdict, res.Max, res.Prefill, dec, len(res.Decode), res.CacheK, res.CacheV, *tol, dtype, *block)
+		code = max(code, verifySparse(fx, res, dtype, *block, *threads, path, stdout, stderr))
 	}
+	return code
+}
+
+// verifySparse runs the fixture with the block-sparse kernel, its top_k
+// covering every page: each decode token then goes through summaries,
+// router and page lists, and must give exactly the dense outputs.
+func verifySparse(fx *model.Fixture, dense *model.VerifyResult, dtype model.DType, block, threads int, path string, stdout, stderr io.Writer) int {
+	pages := (fx.Prefill.Tokens() + len(fx.Decode) + block - 1) / block
+	res, err := fx.VerifyWith(dtype, block, model.Options{Kernel: model.KernelBlockSparse, TopK: pages, Workers: threads})
+	if err != nil {
+		fmt.Fprintf(stderr, "flow verify: %s: block_sparse: %v\n", path, err)
+		return exitFailed
+	}
+	differ := 0
+	for i, v := range res.Out {
+		if v != dense.Out[i] {
+			differ++
+		}
+	}
+	verdict, code := "ok", exitOK
+	if differ > 0 || len(res.Out) != len(dense.Out) {
+		verdict, code = "FAIL", exitFailed
+	}
+	fmt.Fprintf(stdout, "%s: %s  block_sparse (top_k %d, every page) vs dense: %d of %d outputs differ\n",
+		path, verdict, pages, differ, len(res.Out))
 	return code
 }

@@ -1,0 +1,156 @@
+package benchmarks
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/kvflow/kvflow/internal/membw"
+	"github.com/kvflow/kvflow/model"
+)
+
+// decodeShape is Qwen3-VL-8B's text attention: 32 query heads over 8 KV
+// heads of 128 dimensions, with the KV cache in bf16 pages of 64 tokens.
+var decodeShape = model.Config{HiddenSize: 4096, NumHeads: 32, NumKVHeads: 8, HeadDim: 128, NumLayers: 1,
+	RopeTheta: 5e6, MRopeSection: [3]int{24, 20, 20}, RMSNormEps: 1e-6}
+
+const decodeBlock = 64
+
+// readBandwidth is the machine's memory read bandwidth on all cores,
+// measured once per process with a read-only pass over 1 GiB: the limit a
+// decode kernel, which reads each K/V byte once, is held against.
+var readBandwidth = sync.OnceValue(func() float64 {
+	return membw.Bandwidth(1<<30, runtime.GOMAXPROCS(0), 2*time.Second)
+})
+
+// decodeInput is a batch of decode queries over contexts of ctx tokens,
+// with keys that are noise except for a few strong matches per KV head, as
+// in real attention, so that block-sparse accuracy means something.
+func decodeInput(b *testing.B, ctx, batch int) []model.Query {
+	b.Helper()
+	cfg := decodeShape
+	d, group := cfg.HeadDim, cfg.NumHeads/cfg.NumKVHeads
+	rng := rand.New(rand.NewPCG(uint64(ctx), uint64(batch)))
+	row := make([]float32, d)
+	qs := make([]model.Query, batch)
+	for i := range qs {
+		kv := model.NewPagedKV(cfg, model.BF16, decodeBlock)
+		if err := kv.Grow(ctx); err != nil {
+			b.Fatal(err)
+		}
+		for p := range kv.K {
+			for _, page := range [][]byte{kv.K[p], kv.V[p]} {
+				for off := 0; off < len(page); off += 2 * d {
+					for c := range row {
+						row[c] = float32(rng.NormFloat64())
+					}
+					model.BF16.Encode(page[off:off+2*d], row)
+				}
+			}
+		}
+		q := make([]float32, cfg.NumHeads*d)
+		for c := range q {
+			q[c] = float32(rng.NormFloat64())
+		}
+		for g := range cfg.NumKVHeads {
+			dir := make([]float32, d)
+			var norm float64
+			for r := range group {
+				for c := range d {
+					dir[c] += q[(g*group+r)*d+c]
+				}
+			}
+			for _, v := range dir {
+				norm += float64(v) * float64(v)
+			}
+			for range 8 {
+				tk := rng.IntN(ctx - 1)
+				for c := range row {
+					row[c] = 3*float32(math.Sqrt(float64(d))/math.Sqrt(norm))*dir[c] + 0.5*float32(rng.NormFloat64())
+				}
+				off := (g*decodeBlock + tk%decodeBlock) * d * 2
+				model.BF16.Encode(kv.K[tk/decodeBlock][off:off+2*d], row)
+			}
+		}
+		qs[i] = model.Query{Q: q, KV: kv, Start: ctx - 1, Out: make([]float32, len(q))}
+	}
+	return qs
+}
+
+// BenchmarkDecode measures one decode token of attention over bf16 K/V on
+// every core: dense with the vector loops (the kernel), dense with the
+// pure-Go loops (its baseline), and block-sparse reading 12.5% and 25% of
+// the pages. Metrics: kv_GB/s, the K/V bytes read per second (for
+// block-sparse, the pages it reads); bw_ratio, that rate over the read
+// bandwidth measured in the same run (mem_GB/s); and for block-sparse,
+// rel_err against dense and speedup, dense's time over its own.
+func BenchmarkDecode(b *testing.B) {
+	workers := runtime.GOMAXPROCS(0)
+	for _, ctx := range []int{8192, 32768} {
+		for _, batch := range []int{1, 8} {
+			var qs []model.Query
+			input := func(b *testing.B) []model.Query {
+				if qs == nil {
+					qs = decodeInput(b, ctx, batch)
+				}
+				return qs
+			}
+			pages := (ctx + decodeBlock - 1) / decodeBlock
+			pageBytes := int64(2 * decodeShape.NumKVHeads * decodeBlock * decodeShape.HeadDim * 2) // K and V, all KV heads
+			var dense []float32
+			var denseNs float64
+			for _, c := range []struct {
+				name string
+				opts model.Options
+			}{
+				{"dense", model.Options{Workers: workers}},
+				{"dense_go", model.Options{Workers: workers, Scalar: true}},
+				{"block_sparse_12.5pct", model.Options{Kernel: model.KernelBlockSparse, TopK: pages / 8, Workers: workers}},
+				{"block_sparse_25pct", model.Options{Kernel: model.KernelBlockSparse, TopK: pages / 4, Workers: workers}},
+			} {
+				b.Run(fmt.Sprintf("%s/ctx%d/batch%d", c.name, ctx, batch), func(b *testing.B) {
+					qs := input(b)
+					k, err := model.NewKernel(decodeShape, c.opts)
+					if err != nil {
+						b.Fatal(err)
+					}
+					if err := k.Attend(qs...); err != nil { // warms the pools and the page summaries
+						b.Fatal(err)
+					}
+					bw := readBandwidth()
+					read := int64(batch) * int64(pages) * pageBytes
+					if c.opts.Kernel == model.KernelBlockSparse {
+						read = int64(batch) * int64(c.opts.TopK) * pageBytes
+					}
+					b.SetBytes(read)
+					for b.Loop() {
+						if err := k.Attend(qs...); err != nil {
+							b.Fatal(err)
+						}
+					}
+					ns := float64(b.Elapsed().Nanoseconds()) / float64(b.N)
+					rate := float64(read) / ns // bytes per ns = GB/s
+					b.ReportMetric(rate, "kv_GB/s")
+					b.ReportMetric(bw/1e9, "mem_GB/s")
+					b.ReportMetric(rate*1e9/bw, "bw_ratio")
+					var out []float32
+					for _, q := range qs {
+						out = append(out, q.Out...)
+					}
+					switch {
+					case c.name == "dense":
+						dense, denseNs = out, ns
+					case dense != nil:
+						b.ReportMetric(model.RelErr(out, dense), "rel_err")
+						b.ReportMetric(denseNs/ns, "speedup")
+					}
+				})
+			}
+			qs = nil
+		}
+	}
+}

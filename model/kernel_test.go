@@ -1,0 +1,397 @@
+package model
+
+import (
+	"errors"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"testing"
+	"time"
+)
+
+// runSeed returns a fresh seed for this run, logged so a failure can be
+// reproduced.
+func runSeed(t testing.TB) uint64 {
+	t.Helper()
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	return seed
+}
+
+// kernelCase is an attention geometry the kernel tests cover.
+type kernelCase struct {
+	name                string
+	heads, kvHeads, dim int
+	dtype               DType
+	block, start, n     int
+}
+
+func (c kernelCase) config() Config {
+	return Config{HiddenSize: c.heads * c.dim, NumHeads: c.heads, NumKVHeads: c.kvHeads, HeadDim: c.dim, NumLayers: 1,
+		RopeTheta: 1e4, MRopeSection: [3]int{c.dim / 2, 0, 0}, RMSNormEps: 1e-6}
+}
+
+var kernelCases = []kernelCase{
+	{"MHA/bf16/decode", 4, 4, 32, BF16, 16, 100, 1},
+	{"GQA2/bf16/decode", 8, 4, 64, BF16, 16, 127, 1},
+	{"GQA4/bf16/decode", 8, 2, 128, BF16, 64, 333, 1},
+	{"GQA4/bf16/decode-first-of-page", 8, 2, 128, BF16, 16, 64, 1},
+	{"GQA4/bf16/decode-last-of-page", 8, 2, 128, BF16, 16, 63, 1},
+	{"GQA4/f32/decode", 8, 2, 32, F32, 7, 50, 1},
+	{"GQA2/f16/decode", 4, 2, 32, F16, 5, 41, 1},
+	{"MHA/bf16/prefill", 4, 4, 32, BF16, 16, 0, 37},
+	{"GQA4/bf16/prefill-after-context", 8, 2, 128, BF16, 16, 21, 45},
+	{"GQA2/f32/prefill", 4, 2, 64, F32, 7, 3, 19},
+	{"odd-dim/bf16/decode", 6, 3, 24, BF16, 5, 17, 1},
+	{"odd-dim/f32/prefill", 6, 3, 20, F32, 5, 4, 9},
+	{"MQA/bf16/decode", 8, 1, 32, BF16, 8, 70, 1},
+}
+
+// kernelInput fills a cache of start+n tokens with random keys and values
+// and returns it with random queries for the last n tokens.
+func kernelInput(t testing.TB, c kernelCase, rng *rand.Rand) (Query, Config) {
+	t.Helper()
+	cfg := c.config()
+	kv := NewPagedKV(cfg, c.dtype, c.block)
+	total := c.start + c.n
+	if err := kv.Grow(total); err != nil {
+		t.Fatal(err)
+	}
+	row := make([]float32, c.dim)
+	size := c.dtype.Size()
+	for p := range kv.K {
+		for g := range c.kvHeads {
+			for s := range c.block {
+				off := ((g*c.block + s) * c.dim) * size
+				for i := range row {
+					row[i] = float32(rng.NormFloat64())
+				}
+				c.dtype.Encode(kv.K[p][off:off+c.dim*size], row)
+				for i := range row {
+					row[i] = float32(rng.NormFloat64())
+				}
+				c.dtype.Encode(kv.V[p][off:off+c.dim*size], row)
+			}
+		}
+	}
+	q := make([]float32, c.n*c.heads*c.dim)
+	for i := range q {
+		q[i] = float32(rng.NormFloat64())
+	}
+	return Query{Q: q, KV: kv, Start: c.start, Out: make([]float32, len(q))}, cfg
+}
+
+// refAttend is causal GQA attention in float64 over the gathered cache.
+func refAttend(t testing.TB, cfg Config, q Query) []float64 {
+	t.Helper()
+	h, kh, d := cfg.NumHeads, cfg.NumKVHeads, cfg.HeadDim
+	n := len(q.Q) / (h * d)
+	total := q.Start + n
+	ks, vs, err := q.KV.Gather(total)
+	if err != nil {
+		t.Fatal(err)
+	}
+	scale := 1 / math.Sqrt(float64(d))
+	out := make([]float64, len(q.Q))
+	for i := range n {
+		for hq := range h {
+			g := hq / (h / kh)
+			qv := q.Q[(i*h+hq)*d:][:d]
+			seen := q.Start + i + 1
+			sc := make([]float64, seen)
+			mx := math.Inf(-1)
+			for tk := range seen {
+				var s float64
+				for c := range d {
+					s += float64(qv[c]) * float64(ks[(g*total+tk)*d+c])
+				}
+				sc[tk] = s * scale
+				mx = max(mx, sc[tk])
+			}
+			var l float64
+			for tk := range seen {
+				sc[tk] = math.Exp(sc[tk] - mx)
+				l += sc[tk]
+			}
+			o := out[(i*h+hq)*d:][:d]
+			for tk := range seen {
+				for c := range d {
+					o[c] += sc[tk] / l * float64(vs[(g*total+tk)*d+c])
+				}
+			}
+		}
+	}
+	return out
+}
+
+func relErr32(got, want []float32) float64 { return RelErr(got, want) }
+
+// TestKernelMatchesReference checks the dense kernel, on the vector and the
+// pure-Go loops and with one and several workers, against float64
+// attention: every head layout, page dtype, odd lengths, decode tokens on
+// either side of a page boundary, and prefills spanning pages.
+func TestKernelMatchesReference(t *testing.T) {
+	rng := rand.New(rand.NewPCG(runSeed(t), 1))
+	for _, c := range kernelCases {
+		t.Run(c.name, func(t *testing.T) {
+			q, cfg := kernelInput(t, c, rng)
+			want := refAttend(t, cfg, q)
+			for _, opts := range []Options{{}, {Scalar: true}, {Workers: 3}, {Workers: 4, Scalar: true}} {
+				k, err := NewKernel(cfg, opts)
+				if err != nil {
+					t.Fatal(err)
+				}
+				clear(q.Out)
+				if err := k.Attend(q); err != nil {
+					t.Fatal(err)
+				}
+				if e := relErr64(q.Out, want); e > 1e-5 {
+					t.Errorf("%s loops, %d workers: relative error %.3g against float64, want <= 1e-5", k.Loops(), opts.Workers, e)
+				}
+			}
+		})
+	}
+}
+
+// TestKernelVectorMatchesGo compares the vector loops with the pure-Go
+// ones on the Qwen3-VL-8B decode shape.
+func TestKernelVectorMatchesGo(t *testing.T) {
+	if defaultKernels() == goKernels {
+		t.Skip("no vector loops on this CPU")
+	}
+	rng := rand.New(rand.NewPCG(runSeed(t), 2))
+	for _, c := range []kernelCase{
+		{"8B/decode", 32, 8, 128, BF16, 64, 1000, 1},
+		{"8B/prefill", 32, 8, 128, BF16, 64, 50, 77},
+		{"8B/f32/decode", 32, 8, 128, F32, 64, 301, 1},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			q, cfg := kernelInput(t, c, rng)
+			vec, _ := NewKernel(cfg, Options{})
+			ref, _ := NewKernel(cfg, Options{Scalar: true})
+			if err := vec.Attend(q); err != nil {
+				t.Fatal(err)
+			}
+			got := slices.Clone(q.Out)
+			if err := ref.Attend(q); err != nil {
+				t.Fatal(err)
+			}
+			if e := relErr32(got, q.Out); e > 1e-5 {
+				t.Errorf("vector vs Go: relative error %.3g, want <= 1e-5", e)
+			}
+		})
+	}
+}
+
+// TestKernelBatch checks that queries attended together, sharing workers,
+// give what each gives alone.
+func TestKernelBatch(t *testing.T) {
+	rng := rand.New(rand.NewPCG(runSeed(t), 3))
+	var qs []Query
+	var want [][]float32
+	cfg := kernelCases[2].config()
+	k, err := NewKernel(cfg, Options{Workers: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, n := range []int{1, 1, 13, 1} {
+		c := kernelCases[2]
+		c.start, c.n, c.block = 50+31*i, n, 16
+		q, _ := kernelInput(t, c, rng)
+		if err := k.Attend(q); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, slices.Clone(q.Out))
+		clear(q.Out)
+		qs = append(qs, q)
+	}
+	if err := k.Attend(qs...); err != nil {
+		t.Fatal(err)
+	}
+	for i := range qs {
+		if e := relErr32(qs[i].Out, want[i]); e > 1e-6 {
+			t.Errorf("query %d: batched differs from alone by %.3g", i, e)
+		}
+	}
+}
+
+// TestBlockSparseCoveringEveryPageEqualsDense: with TopK at least the page
+// count, block-sparse reads every page in the dense order and must give
+// the very same floats.
+func TestBlockSparseCoveringEveryPageEqualsDense(t *testing.T) {
+	rng := rand.New(rand.NewPCG(runSeed(t), 4))
+	for _, c := range kernelCases {
+		if c.n != 1 {
+			continue
+		}
+		t.Run(c.name, func(t *testing.T) {
+			q, cfg := kernelInput(t, c, rng)
+			pages := q.KV.Pages(q.Start + 1)
+			for _, workers := range []int{1, 3} {
+				dense, _ := NewKernel(cfg, Options{Workers: workers})
+				sparse, err := NewKernel(cfg, Options{Kernel: KernelBlockSparse, TopK: pages, Workers: workers})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := dense.Attend(q); err != nil {
+					t.Fatal(err)
+				}
+				want := slices.Clone(q.Out)
+				clear(q.Out)
+				if err := sparse.Attend(q); err != nil {
+					t.Fatal(err)
+				}
+				if !slices.Equal(q.Out, want) {
+					t.Errorf("%d workers: block-sparse over all %d pages differs from dense (rel err %.3g)", workers, pages, relErr32(q.Out, want))
+				}
+			}
+		})
+	}
+}
+
+// structuredInput builds a long decode context whose keys are noise except
+// for a few tokens per KV head that match the queries of its group
+// strongly, as in real attention where a handful of tokens take most of
+// the mass.
+func structuredInput(t testing.TB, rng *rand.Rand, cfg Config, ctx, block, strong int) Query {
+	t.Helper()
+	c := kernelCase{heads: cfg.NumHeads, kvHeads: cfg.NumKVHeads, dim: cfg.HeadDim, dtype: BF16, block: block, start: ctx - 1, n: 1}
+	q, _ := kernelInput(t, c, rng)
+	d, group := cfg.HeadDim, cfg.NumHeads/cfg.NumKVHeads
+	size := BF16.Size()
+	row := make([]float32, d)
+	for g := range cfg.NumKVHeads {
+		// The group's mean query direction.
+		dir := make([]float32, d)
+		for r := range group {
+			axpy(1, q.Q[(g*group+r)*d:], dir)
+		}
+		scale(float32(1/math.Sqrt(float64(dot(dir, dir)))), dir)
+		for range strong {
+			tk := rng.IntN(ctx - 1)
+			for i := range row {
+				row[i] = 3*float32(math.Sqrt(float64(d)))*dir[i] + float32(rng.NormFloat64())*0.5
+			}
+			off := ((g*block + tk%block) * d) * size
+			BF16.Encode(q.KV.K[tk/block][off:off+d*size], row)
+		}
+	}
+	return q
+}
+
+// sparseMass returns the share of dense softmax mass that falls in the
+// pages block-sparse keeps, averaged over the query heads.
+func sparseMass(t testing.TB, k *Kernel, cfg Config, q Query) float64 {
+	t.Helper()
+	h, kh, d := cfg.NumHeads, cfg.NumKVHeads, cfg.HeadDim
+	group := h / kh
+	total := q.Start + 1
+	ks, _, err := q.KV.Gather(total)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pages := q.KV.Pages(total)
+	scores := make([]float32, pages)
+	var kept float64
+	for g := range kh {
+		k.router.Score(scores, q.Q[g*group*d:(g+1)*group*d], group, g, q.KV.Summaries[:pages])
+		sel := SelectPages(nil, scores, pages, k.opts.TopK, k.recent)
+		for r := range group {
+			qv := q.Q[(g*group+r)*d:][:d]
+			w := make([]float64, total)
+			mx := math.Inf(-1)
+			for tk := range total {
+				w[tk] = float64(dot(qv, ks[(g*total+tk)*d:])) / math.Sqrt(float64(d))
+				mx = max(mx, w[tk])
+			}
+			var all, in float64
+			for tk := range total {
+				e := math.Exp(w[tk] - mx)
+				all += e
+				if _, ok := slices.BinarySearch(sel, tk/q.KV.BlockTokens); ok {
+					in += e
+				}
+			}
+			kept += in / all
+		}
+	}
+	return kept / float64(h)
+}
+
+// TestBlockSparseAccuracy measures, on a long structured context, the
+// relative error of block-sparse decode against dense and the share of the
+// softmax mass it keeps, per density; both must improve with density, and
+// at 25% of the pages the strong matches must be found.
+func TestBlockSparseAccuracy(t *testing.T) {
+	rng := rand.New(rand.NewPCG(runSeed(t), 5))
+	cfg := Config{HiddenSize: 1024, NumHeads: 8, NumKVHeads: 2, HeadDim: 128, NumLayers: 1, RopeTheta: 1e4, MRopeSection: [3]int{24, 20, 20}, RMSNormEps: 1e-6}
+	const ctx, block = 4096, 64
+	q := structuredInput(t, rng, cfg, ctx, block, 6)
+	pages := q.KV.Pages(ctx)
+	dense, _ := NewKernel(cfg, Options{})
+	if err := dense.Attend(q); err != nil {
+		t.Fatal(err)
+	}
+	want := slices.Clone(q.Out)
+	prevErr, prevMass := math.Inf(1), 0.0
+	for _, density := range []float64{0.125, 0.25, 0.5} {
+		topK := int(density * float64(pages))
+		k, err := NewKernel(cfg, Options{Kernel: KernelBlockSparse, TopK: topK, Workers: 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := k.Attend(q); err != nil {
+			t.Fatal(err)
+		}
+		e := relErr32(q.Out, want)
+		mass := sparseMass(t, k, cfg, q)
+		t.Logf("density %5.1f%% (top_k %d of %d pages): relative error %.4f, softmax mass kept %.4f", 100*density, topK, pages, e, mass)
+		if e > prevErr*1.0001 || mass < prevMass*0.9999 {
+			t.Errorf("density %.3f: error %.4g / mass %.4g do not improve on the sparser setting (%.4g / %.4g)", density, e, mass, prevErr, prevMass)
+		}
+		if density >= 0.25 && (mass < 0.9 || e > 0.1) {
+			t.Errorf("density %.3f: mass kept %.3f (want >= 0.9), relative error %.3f (want <= 0.1)", density, mass, e)
+		}
+		prevErr, prevMass = e, mass
+	}
+}
+
+func TestKernelOptionsErrors(t *testing.T) {
+	cfg := kernelCases[0].config()
+	for _, o := range []Options{
+		{Kernel: "flash"},
+		{Kernel: KernelBlockSparse},
+		{Workers: -1},
+		{Kernel: KernelBlockSparse, TopK: 4, Recent: -1},
+	} {
+		if _, err := NewKernel(cfg, o); !errors.Is(err, ErrOptions) {
+			t.Errorf("NewKernel(%+v) = %v, want ErrOptions", o, err)
+		}
+	}
+}
+
+func TestKernelAttendErrors(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 1))
+	c := kernelCases[0]
+	q, cfg := kernelInput(t, c, rng)
+	k, _ := NewKernel(cfg, Options{})
+	other := q
+	other.KV = NewPagedKV(Config{NumHeads: 4, NumKVHeads: 2, HeadDim: 32}, BF16, 16)
+	short := q
+	short.Start = 1000
+	for name, bad := range map[string]Query{
+		"ragged Q":    {Q: q.Q[:5], KV: q.KV, Out: q.Out},
+		"short Out":   {Q: q.Q, KV: q.KV, Start: q.Start, Out: q.Out[:1]},
+		"negative":    {Q: q.Q, KV: q.KV, Start: -1, Out: q.Out},
+		"nil KV":      {Q: q.Q, Start: q.Start, Out: q.Out},
+		"other heads": other,
+		"short cache": short,
+	} {
+		if err := k.Attend(bad); err == nil {
+			t.Errorf("%s: Attend succeeded", name)
+		}
+	}
+	if err := k.Attend(q, short); err == nil || !errors.Is(err, ErrShortKV) {
+		t.Errorf("batch with a short cache: %v, want ErrShortKV", err)
+	}
+}
