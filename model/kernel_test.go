@@ -18,20 +18,20 @@ func runSeed(t testing.TB) uint64 {
 	return seed
 }
 
-// kernelCase is an attention geometry the kernel tests cover.
-type kernelCase struct {
+// attendCase is an attention geometry the kernel tests cover.
+type attendCase struct {
 	name                string
 	heads, kvHeads, dim int
 	dtype               DType
 	block, start, n     int
 }
 
-func (c kernelCase) config() Config {
+func (c attendCase) config() Config {
 	return Config{HiddenSize: c.heads * c.dim, NumHeads: c.heads, NumKVHeads: c.kvHeads, HeadDim: c.dim, NumLayers: 1,
 		RopeTheta: 1e4, MRopeSection: [3]int{c.dim / 2, 0, 0}, RMSNormEps: 1e-6}
 }
 
-var kernelCases = []kernelCase{
+var attendCases = []attendCase{
 	{"MHA/bf16/decode", 4, 4, 32, BF16, 16, 100, 1},
 	{"GQA2/bf16/decode", 8, 4, 64, BF16, 16, 127, 1},
 	{"GQA4/bf16/decode", 8, 2, 128, BF16, 64, 333, 1},
@@ -49,7 +49,7 @@ var kernelCases = []kernelCase{
 
 // kernelInput fills a cache of start+n tokens with random keys and values
 // and returns it with random queries for the last n tokens.
-func kernelInput(t testing.TB, c kernelCase, rng *rand.Rand) (Query, Config) {
+func kernelInput(t testing.TB, c attendCase, rng *rand.Rand) (Query, Config) {
 	t.Helper()
 	cfg := c.config()
 	kv := NewPagedKV(cfg, c.dtype, c.block)
@@ -132,7 +132,7 @@ func relErr32(got, want []float32) float64 { return RelErr(got, want) }
 // either side of a page boundary, and prefills spanning pages.
 func TestKernelMatchesReference(t *testing.T) {
 	rng := rand.New(rand.NewPCG(runSeed(t), 1))
-	for _, c := range kernelCases {
+	for _, c := range attendCases {
 		t.Run(c.name, func(t *testing.T) {
 			q, cfg := kernelInput(t, c, rng)
 			want := refAttend(t, cfg, q)
@@ -160,7 +160,7 @@ func TestKernelVectorMatchesGo(t *testing.T) {
 		t.Skip("no vector loops on this CPU")
 	}
 	rng := rand.New(rand.NewPCG(runSeed(t), 2))
-	for _, c := range []kernelCase{
+	for _, c := range []attendCase{
 		{"8B/decode", 32, 8, 128, BF16, 64, 1000, 1},
 		{"8B/prefill", 32, 8, 128, BF16, 64, 50, 77},
 		{"8B/f32/decode", 32, 8, 128, F32, 64, 301, 1},
@@ -189,13 +189,13 @@ func TestKernelBatch(t *testing.T) {
 	rng := rand.New(rand.NewPCG(runSeed(t), 3))
 	var qs []Query
 	var want [][]float32
-	cfg := kernelCases[2].config()
+	cfg := attendCases[2].config()
 	k, err := NewKernel(cfg, Options{Workers: 3})
 	if err != nil {
 		t.Fatal(err)
 	}
 	for i, n := range []int{1, 1, 13, 1} {
-		c := kernelCases[2]
+		c := attendCases[2]
 		c.start, c.n, c.block = 50+31*i, n, 16
 		q, _ := kernelInput(t, c, rng)
 		if err := k.Attend(q); err != nil {
@@ -220,7 +220,7 @@ func TestKernelBatch(t *testing.T) {
 // the very same floats.
 func TestBlockSparseCoveringEveryPageEqualsDense(t *testing.T) {
 	rng := rand.New(rand.NewPCG(runSeed(t), 4))
-	for _, c := range kernelCases {
+	for _, c := range attendCases {
 		if c.n != 1 {
 			continue
 		}
@@ -255,7 +255,7 @@ func TestBlockSparseCoveringEveryPageEqualsDense(t *testing.T) {
 // the mass.
 func structuredInput(t testing.TB, rng *rand.Rand, cfg Config, ctx, block, strong int) Query {
 	t.Helper()
-	c := kernelCase{heads: cfg.NumHeads, kvHeads: cfg.NumKVHeads, dim: cfg.HeadDim, dtype: BF16, block: block, start: ctx - 1, n: 1}
+	c := attendCase{heads: cfg.NumHeads, kvHeads: cfg.NumKVHeads, dim: cfg.HeadDim, dtype: BF16, block: block, start: ctx - 1, n: 1}
 	q, _ := kernelInput(t, c, rng)
 	d, group := cfg.HeadDim, cfg.NumHeads/cfg.NumKVHeads
 	size := BF16.Size()
@@ -357,7 +357,7 @@ func TestBlockSparseAccuracy(t *testing.T) {
 }
 
 func TestKernelOptionsErrors(t *testing.T) {
-	cfg := kernelCases[0].config()
+	cfg := attendCases[0].config()
 	for _, o := range []Options{
 		{Kernel: "flash"},
 		{Kernel: KernelBlockSparse},
@@ -372,7 +372,7 @@ func TestKernelOptionsErrors(t *testing.T) {
 
 func TestKernelAttendErrors(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 1))
-	c := kernelCases[0]
+	c := attendCases[0]
 	q, cfg := kernelInput(t, c, rng)
 	k, _ := NewKernel(cfg, Options{})
 	other := q
