@@ -375,6 +375,8 @@ const (
 	// minChunkPages keeps a split decode chunk large enough that the merge
 	// and scheduling cost little against reading it.
 	minChunkPages = 4
+	// prefetchRows is the number of V rows asked for per slice of scores.
+	prefetchRows = 4
 )
 
 // run executes phase on items [0, n) with up to Workers goroutines, the
@@ -456,16 +458,29 @@ func (p *plan) runItem(it *item, s *kscratch) {
 	}
 	s.s = resize(s.s, rows*bt)
 	last := qq.Start + it.t1 - 1 // the last cache token any row sees
-	for j := it.p0; j < it.p1; j++ {
-		pg := j
+	headBytes := bt * d * kv.DType.Size()
+	pageAt := func(j int) int {
 		if it.list >= 0 {
-			pg = p.lists[it.list][j]
+			return p.lists[it.list][j]
 		}
+		return j
+	}
+	for j := it.p0; j < it.p1; j++ {
+		pg := pageAt(j)
 		first := pg * bt
 		if first > last {
 			break
 		}
-		p.page(it, s, kv, pg, min(bt, last+1-first), rows)
+		// Pages of one KV head are scattered: the next one's keys are
+		// asked for while this one is computed.
+		var next []byte
+		if j+1 < it.p1 {
+			if nx := pageAt(j + 1); nx*bt <= last {
+				off := it.g * headBytes
+				next = kv.K[nx][off : off+headBytes]
+			}
+		}
+		p.page(it, s, kv, pg, min(bt, last+1-first), rows, next)
 	}
 	if it.part >= 0 {
 		copy(p.pm[it.part*group:], s.m[:group])
@@ -486,7 +501,7 @@ func (p *plan) runItem(it *item, s *kscratch) {
 // page folds count keys and values of page pg, KV head it.g, into the
 // item's rows. Row r (token it.t0 + r/group) sees the page's first
 // Start+token+1-first keys.
-func (p *plan) page(it *item, s *kscratch, kv *PagedKV, pg, count, rows int) {
+func (p *plan) page(it *item, s *kscratch, kv *PagedKV, pg, count, rows int, next []byte) {
 	k := p.k
 	qq := &p.qs[it.q]
 	d, group, bt, size := k.dim, k.group, kv.BlockTokens, kv.DType.Size()
@@ -496,7 +511,18 @@ func (p *plan) page(it *item, s *kscratch, kv *PagedKV, pg, count, rows int) {
 	var vf []float32
 	switch kv.DType {
 	case BF16:
-		k.loops.scoresBF16(s.s, s.q, kb, rows, count, d, bt, k.scale)
+		// V is read after the scores: ask for its rows a few at a time
+		// while the scores are computed, so that they arrive in the
+		// background (a whole page asked for at once stalls the core).
+		row := d * size
+		for t0 := 0; t0 < count; t0 += prefetchRows {
+			t1 := min(count, t0+prefetchRows)
+			k.loops.prefetch(vb[t0*row : t1*row])
+			if t1*row <= len(next) {
+				k.loops.prefetch(next[t0*row : t1*row])
+			}
+			k.loops.scoresBF16(s.s[t0:], s.q, kb[t0*row:t1*row], rows, t1-t0, d, bt, k.scale)
+		}
 	default:
 		s.kp = resize(s.kp, count*d)
 		s.vp = resize(s.vp, count*d)
@@ -513,10 +539,7 @@ func (p *plan) page(it *item, s *kscratch, kv *PagedKV, pg, count, rows int) {
 			continue
 		}
 		sc := row[:vis]
-		pm := sc[0]
-		for _, v := range sc[1:] {
-			pm = max(pm, v)
-		}
+		pm := k.loops.maxF32(sc)
 		if m := s.m[r]; pm > m {
 			if s.l[r] != 0 {
 				corr := float32(math.Exp(float64(m - pm)))

@@ -37,6 +37,11 @@ type kernels struct {
 	// be subnormal (x[i]-m below about -87.34, expMin) are 0 in both sets,
 	// as is a NaN x[i]-m.
 	expSum func(x []float32, m float32) float32
+	// maxF32 returns the largest of x, len(x) > 0 and no NaN.
+	maxF32 func(x []float32) float32
+	// prefetch asks for b to be brought into the caches ahead of use; a
+	// hint, a no-op where there is no instruction for it.
+	prefetch func(b []byte)
 }
 
 // goKernels is the pure Go set, always available.
@@ -47,6 +52,18 @@ var goKernels = &kernels{
 	accumBF16:  accumBF16Go,
 	accumF32:   accumF32Go,
 	expSum:     expSumGo,
+	maxF32:     maxF32Go,
+	prefetch:   func([]byte) {},
+}
+
+func maxF32Go(x []float32) float32 {
+	m := x[0]
+	for _, v := range x[1:] {
+		if v > m {
+			m = v
+		}
+	}
+	return m
 }
 
 // selectKernels returns the vector set when vector is true and the CPU has

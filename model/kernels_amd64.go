@@ -17,6 +17,18 @@ func newAVX2Kernels(ok bool) *kernels {
 		accumBF16:  accumBF16AVX2,
 		accumF32:   accumF32AVX2,
 		expSum:     expSumAVX2Slice,
+		maxF32:     maxF32Slice,
+		prefetch:   prefetchSlice,
+	}
+}
+
+func maxF32Slice(x []float32) float32 {
+	return maxF32AVX2(&x[0], len(x))
+}
+
+func prefetchSlice(b []byte) {
+	if len(b) > 0 {
+		prefetchT0(&b[0], len(b))
 	}
 }
 
@@ -206,3 +218,13 @@ func accumF32H1(acc *float32, p *float32, v *float32, n int, d int, pstride int)
 //
 //go:noescape
 func expSumAVX2(x *float32, n int, m float32) float32
+
+// prefetchT0 issues PREFETCHT0 for every 64-byte line of the n bytes at p.
+//
+//go:noescape
+func prefetchT0(p *byte, n int)
+
+// maxF32AVX2 returns the largest of x[:n]; n > 0.
+//
+//go:noescape
+func maxF32AVX2(x *float32, n int) float32

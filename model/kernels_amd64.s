@@ -1668,3 +1668,56 @@ done:
 	VMOVSS       X0, ret+24(FP)
 	VZEROUPPER
 	RET
+
+// func prefetchT0(p *byte, n int)
+// Requires: MMX+
+TEXT ·prefetchT0(SB), NOSPLIT, $0-16
+	MOVQ p+0(FP), AX
+	MOVQ n+8(FP), CX
+
+line:
+	CMPQ       CX, $0x00
+	JLE        done
+	PREFETCHT0 (AX)
+	ADDQ       $0x40, AX
+	SUBQ       $0x40, CX
+	JMP        line
+
+done:
+	RET
+
+// func maxF32AVX2(x *float32, n int) float32
+// Requires: AVX
+TEXT ·maxF32AVX2(SB), NOSPLIT, $0-20
+	MOVQ         x+0(FP), AX
+	MOVQ         n+8(FP), CX
+	VBROADCASTSS (AX), Y0
+
+chunk:
+	CMPQ   CX, $0x08
+	JL     tail
+	VMAXPS (AX), Y0, Y0
+	ADDQ   $0x20, AX
+	SUBQ   $0x08, CX
+	JMP    chunk
+
+tail:
+	VEXTRACTF128 $0x01, Y0, X1
+	VMAXPS       X1, X0, X0
+	VPERMILPS    $0x4e, X0, X1
+	VMAXPS       X1, X0, X0
+	VPERMILPS    $0xb1, X0, X1
+	VMAXPS       X1, X0, X0
+
+scalar:
+	CMPQ   CX, $0x00
+	JE     done
+	VMAXSS (AX), X0, X0
+	ADDQ   $0x04, AX
+	DECQ   CX
+	JMP    scalar
+
+done:
+	VMOVSS X0, ret+16(FP)
+	VZEROUPPER
+	RET

@@ -32,7 +32,71 @@ func main() {
 		}
 	}
 	expSum(consts)
+	prefetch()
+	maxF32()
 	Generate()
+}
+
+// maxF32 generates maxF32AVX2, the largest of n > 0 floats: a page's
+// scores are reduced to their max once per query row before the
+// exponentials, and a scalar loop of Go's NaN-aware max costs more than
+// the exponentials themselves.
+func maxF32() {
+	TEXT("maxF32AVX2", NOSPLIT, "func(x *float32, n int) float32")
+	Doc("maxF32AVX2 returns the largest of x[:n]; n > 0.")
+	xp := Load(Param("x"), GP64())
+	n := Load(Param("n"), GP64())
+	m := YMM()
+	VBROADCASTSS(Mem{Base: xp}, m)
+	Label("chunk")
+	CMPQ(n, U8(8))
+	JL(LabelRef("tail"))
+	VMAXPS(Mem{Base: xp}, m, m)
+	ADDQ(U8(32), xp)
+	SUBQ(U8(8), n)
+	JMP(LabelRef("chunk"))
+	Label("tail")
+	hi := XMM()
+	VEXTRACTF128(U8(1), m, hi)
+	r := XMM()
+	VMAXPS(hi, m.AsX(), r)
+	t := XMM()
+	VPERMILPS(U8(0x4e), r, t)
+	VMAXPS(t, r, r)
+	VPERMILPS(U8(0xb1), r, t)
+	VMAXPS(t, r, r)
+	Label("scalar")
+	CMPQ(n, U8(0))
+	JE(LabelRef("done"))
+	VMAXSS(Mem{Base: xp}, r, r)
+	ADDQ(U8(4), xp)
+	DECQ(n)
+	JMP(LabelRef("scalar"))
+	Label("done")
+	VMOVSS(r, addr(ReturnIndex(0)))
+	VZEROUPPER()
+	RET()
+}
+
+// prefetch generates prefetchT0, which asks for a range of memory to be
+// brought into the caches: the page kernels read a K or V page row by row
+// (accum in several passes over its columns), and a page's lines requested
+// before its kernel starts arrive while the other half of the page is
+// being computed.
+func prefetch() {
+	TEXT("prefetchT0", NOSPLIT, "func(p *byte, n int)")
+	Doc("prefetchT0 issues PREFETCHT0 for every 64-byte line of the n bytes at p.")
+	p := Load(Param("p"), GP64())
+	n := Load(Param("n"), GP64())
+	Label("line")
+	CMPQ(n, Imm(0))
+	JLE(LabelRef("done"))
+	PREFETCHT0(Mem{Base: p})
+	ADDQ(Imm(64), p)
+	SUBQ(Imm(64), n)
+	JMP(LabelRef("line"))
+	Label("done")
+	RET()
 }
 
 // addr is the stack address of an argument or result, for VEX loads and
