@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"sync"
 )
 
 // Block-sparse decode attention in the style of Quest (Tang et al. 2024):
@@ -24,7 +25,8 @@ type Router interface {
 	// when rows == 0. Score panics, like an out-of-range index, when the
 	// arguments are inconsistent: scores shorter than sums, len(q) not
 	// rows*HeadDim, or a summary too small for KV head g. The routers here
-	// do not allocate for HeadDim <= 512 and are safe for concurrent use.
+	// do not allocate in steady state (their scratch is pooled) and are
+	// safe for concurrent use.
 	Score(scores, q []float32, rows, g int, sums []*PageSummary)
 	Name() string
 }
@@ -33,10 +35,6 @@ var (
 	_ Router = BoundRouter{}
 	_ Router = LearnedRouter{}
 )
-
-// routerStackDim is the largest HeadDim for which LearnedRouter.Score keeps
-// its scratch row on the stack.
-const routerStackDim = 512
 
 // checkScore validates the arguments common to all routers and returns
 // HeadDim; d, when > 0, is the HeadDim the router itself requires.
@@ -83,21 +81,64 @@ type BoundRouter struct{}
 // Name returns "bound".
 func (BoundRouter) Name() string { return "bound" }
 
-// Score implements Router.
+// Score implements Router. Σ_c max(q_c*Min_c, q_c*Max_c) is the dot
+// product of [max(q,0), min(q,0)] with [Max, Min], so the bound of every
+// page is one vector matrix product over the gathered summaries.
 func (BoundRouter) Score(scores, q []float32, rows, g int, sums []*PageSummary) {
 	d := checkScore("BoundRouter", scores, q, rows, g, sums, 0)
+	if rows == 0 {
+		for i := range sums {
+			scores[i] = float32(math.Inf(-1))
+		}
+		return
+	}
+	b := routePool.Get().(*routeScratch)
+	defer routePool.Put(b)
+	b.q = resize(b.q, rows*2*d)
+	for r := range rows {
+		qr, split := q[r*d:(r+1)*d], b.q[r*2*d:(r+1)*2*d]
+		for c, x := range qr {
+			split[c], split[d+c] = max(x, 0), min(x, 0)
+		}
+	}
+	b.maxDots(scores, rows, 2*d, sums, func(dst []float32, s *PageSummary) {
+		copy(dst[:d], s.Max[g*d:(g+1)*d])
+		copy(dst[d:], s.Min[g*d:(g+1)*d])
+	})
+}
+
+// routeScratch holds one router call's query rows and gathered summaries.
+type routeScratch struct{ q, s, out []float32 }
+
+// routePool recycles router scratch: routers are values shared by all the
+// kernel's workers.
+var routePool = sync.Pool{New: func() any { return new(routeScratch) }}
+
+// maxDots sets scores[i] to the largest dot product of a row of b.q
+// ([rows][w]) with the vector gather writes for page i, or -Inf for an
+// empty page. The gathered vectors are scored all at once by the vector
+// kernels.
+func (b *routeScratch) maxDots(scores []float32, rows, w int, sums []*PageSummary, gather func(dst []float32, s *PageSummary)) {
+	n := len(sums)
+	b.s = resize(b.s, n*w)
+	b.out = resize(b.out, rows*n)
 	for i, s := range sums {
-		best := float32(math.Inf(-1))
-		if s != nil && s.Tokens > 0 {
-			mn, mx := s.Min[g*d:(g+1)*d], s.Max[g*d:(g+1)*d]
-			for r := range rows {
-				qr := q[r*d : (r+1)*d]
-				var sum float32
-				for c, x := range qr {
-					sum += max(x*mn[c], x*mx[c])
-				}
-				best = max(best, sum)
-			}
+		dst := b.s[i*w : (i+1)*w]
+		if s == nil || s.Tokens == 0 {
+			clear(dst)
+			continue
+		}
+		gather(dst, s)
+	}
+	defaultKernels().scoresF32(b.out, b.q, b.s, rows, n, w, n, 1)
+	for i, s := range sums {
+		if s == nil || s.Tokens == 0 {
+			scores[i] = float32(math.Inf(-1))
+			continue
+		}
+		best := b.out[i]
+		for r := 1; r < rows; r++ {
+			best = max(best, b.out[r*n+i])
 		}
 		scores[i] = best
 	}
@@ -121,38 +162,31 @@ func (r LearnedRouter) Score(scores, q []float32, rows, g int, sums []*PageSumma
 		panic(fmt.Sprintf("LearnedRouter.Score: %d weights for Dim %d", len(r.W), r.Dim))
 	}
 	d := checkScore("LearnedRouter", scores, q, rows, g, sums, r.Dim)
-	for i := range sums {
-		scores[i] = float32(math.Inf(-1))
+	if rows == 0 {
+		for i := range sums {
+			scores[i] = float32(math.Inf(-1))
+		}
+		return
 	}
-	var buf [routerStackDim]float32
-	var wq []float32
-	if d <= routerStackDim {
-		wq = buf[:d]
-	} else {
-		wq = make([]float32, d)
-	}
+	b := routePool.Get().(*routeScratch)
+	defer routePool.Put(b)
+	b.q = resize(b.q, rows*d)
 	for row := range rows {
-		qr := q[row*d : (row+1)*d]
+		qr, wq := q[row*d:(row+1)*d], b.q[row*d:(row+1)*d]
 		for o := range wq {
-			w := r.W[o*d : (o+1)*d]
-			var sum float32
-			for j, x := range qr {
-				sum += w[j] * x
-			}
-			wq[o] = sum
+			wq[o] = dot(r.W[o*d:(o+1)*d], qr)
 		}
-		for i, s := range sums {
-			if s == nil || s.Tokens == 0 {
-				continue
-			}
-			mn, mx := s.Min[g*d:(g+1)*d], s.Max[g*d:(g+1)*d]
-			var sum float32
-			for c, x := range wq {
-				sum += x * (mn[c] + mx[c])
-			}
-			// Halving after the sum is exact, so this is (W q)·center.
-			scores[i] = max(scores[i], sum*0.5)
+	}
+	// The centers are gathered as Min+Max and the scores halved after:
+	// exact, so this is (W q)·center.
+	b.maxDots(scores, rows, d, sums, func(dst []float32, s *PageSummary) {
+		mn, mx := s.Min[g*d:(g+1)*d], s.Max[g*d:(g+1)*d]
+		for c := range dst {
+			dst[c] = mn[c] + mx[c]
 		}
+	})
+	for i := range sums {
+		scores[i] *= 0.5
 	}
 }
 
