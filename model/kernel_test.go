@@ -2,6 +2,7 @@ package model
 
 import (
 	"errors"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -45,6 +46,45 @@ var attendCases = []attendCase{
 	{"odd-dim/bf16/decode", 6, 3, 24, BF16, 5, 17, 1},
 	{"odd-dim/f32/prefill", 6, 3, 20, F32, 5, 4, 9},
 	{"MQA/bf16/decode", 8, 1, 32, BF16, 8, 70, 1},
+	// A step of a few tokens whose pages change under it, as a
+	// speculative decode step would.
+	{"GQA4/bf16/step-across-page", 8, 2, 128, BF16, 16, 14, 4},
+	{"GQA2/bf16/step-across-two-pages", 4, 2, 64, BF16, 5, 3, 9},
+}
+
+// TestKernelsOnFixtures runs both fixtures through every kernel
+// configuration: dense on one and several threads within 1e-4 of
+// transformers, and block-sparse with top_k covering every page equal to
+// dense bit for bit.
+func TestKernelsOnFixtures(t *testing.T) {
+	for _, name := range []string{"tiny", "2bheads"} {
+		f := loadFixture(t, name)
+		for _, c := range []struct {
+			dtype          DType
+			block, threads int
+		}{{F32, 16, 1}, {F32, 7, 3}, {BF16, 16, 3}} {
+			at := fmt.Sprintf("%s, %s pages of %d, %d threads", name, c.dtype, c.block, c.threads)
+			dense, err := f.VerifyWith(c.dtype, c.block, Options{Workers: c.threads})
+			if err != nil {
+				t.Fatal(err)
+			}
+			tol := 1e-4
+			if c.dtype == BF16 {
+				tol = 1e-2 // the cache itself is rounded to bf16
+			}
+			if dense.Max > tol {
+				t.Errorf("%s: dense %v", at, dense)
+			}
+			pages := (f.Prefill.Tokens() + len(f.Decode) + c.block - 1) / c.block
+			sparse, err := f.VerifyWith(c.dtype, c.block, Options{Kernel: KernelBlockSparse, TopK: pages, Workers: c.threads})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(sparse.Out, dense.Out) {
+				t.Errorf("%s: block-sparse over every page differs from dense by %.3g", at, relErr32(sparse.Out, dense.Out))
+			}
+		}
+	}
 }
 
 // kernelInput fills a cache of start+n tokens with random keys and values
