@@ -123,6 +123,12 @@ func kernelInput(t testing.TB, c attendCase, rng *rand.Rand) (Query, Config) {
 
 // refAttend is causal GQA attention in float64 over the gathered cache.
 func refAttend(t testing.TB, cfg Config, q Query) []float64 {
+	return refAttendSome(t, cfg, q, func(int, int) bool { return true })
+}
+
+// refAttendSome is refAttend where KV head g's cache token tk is seen only
+// when see(g, tk) (on top of the causal mask).
+func refAttendSome(t testing.TB, cfg Config, q Query, see func(g, tk int) bool) []float64 {
 	t.Helper()
 	h, kh, d := cfg.NumHeads, cfg.NumKVHeads, cfg.HeadDim
 	n := len(q.Q) / (h * d)
@@ -137,26 +143,31 @@ func refAttend(t testing.TB, cfg Config, q Query) []float64 {
 		for hq := range h {
 			g := hq / (h / kh)
 			qv := q.Q[(i*h+hq)*d:][:d]
-			seen := q.Start + i + 1
-			sc := make([]float64, seen)
+			var toks []int
+			for tk := range q.Start + i + 1 {
+				if see(g, tk) {
+					toks = append(toks, tk)
+				}
+			}
+			sc := make([]float64, len(toks))
 			mx := math.Inf(-1)
-			for tk := range seen {
+			for j, tk := range toks {
 				var s float64
 				for c := range d {
 					s += float64(qv[c]) * float64(ks[(g*total+tk)*d+c])
 				}
-				sc[tk] = s * scale
-				mx = max(mx, sc[tk])
+				sc[j] = s * scale
+				mx = max(mx, sc[j])
 			}
 			var l float64
-			for tk := range seen {
-				sc[tk] = math.Exp(sc[tk] - mx)
-				l += sc[tk]
+			for j := range sc {
+				sc[j] = math.Exp(sc[j] - mx)
+				l += sc[j]
 			}
 			o := out[(i*h+hq)*d:][:d]
-			for tk := range seen {
+			for j, tk := range toks {
 				for c := range d {
-					o[c] += sc[tk] / l * float64(vs[(g*total+tk)*d+c])
+					o[c] += sc[j] / l * float64(vs[(g*total+tk)*d+c])
 				}
 			}
 		}
@@ -466,65 +477,24 @@ func TestBlockSparseReadsTheRoutedPages(t *testing.T) {
 			// whose unchosen pages are dropped.
 			total, group := q.Start+1, cfg.NumHeads/cfg.NumKVHeads
 			pages := q.KV.Pages(total)
-			want := make([]float64, len(q.Out))
 			scores := make([]float32, pages)
-			for g := range cfg.NumKVHeads {
+			chosen := make([][]bool, cfg.NumKVHeads)
+			for g := range chosen {
 				router.Score(scores, q.Q[g*group*d:(g+1)*group*d], group, g, q.KV.Summaries[:pages])
 				sel := SelectPages(nil, scores, pages, 20, 3)
 				if len(sel) != 20 || sel[0] != 0 || sel[19] != pages-1 {
 					t.Fatalf("KV head %d: selected %v", g, sel)
 				}
-				ref := refAttendPages(t, cfg, q, g, sel)
-				copy(want[g*group*d:], ref[g*group*d:(g+1)*group*d])
+				chosen[g] = make([]bool, pages)
+				for _, p := range sel {
+					chosen[g][p] = true
+				}
 			}
+			bt := q.KV.BlockTokens
+			want := refAttendSome(t, cfg, q, func(g, tk int) bool { return chosen[g][tk/bt] })
 			if e := relErr64(q.Out, want); e > 1e-5 {
 				t.Errorf("relative error %.3g against attention over the routed pages", e)
 			}
 		})
 	}
-}
-
-// refAttendPages is refAttend for a single decode token that sees only
-// the keys in pages of KV head g; it fills that head group's outputs.
-func refAttendPages(t testing.TB, cfg Config, q Query, g int, pages []int) []float64 {
-	t.Helper()
-	h, kh, d, bt := cfg.NumHeads, cfg.NumKVHeads, cfg.HeadDim, q.KV.BlockTokens
-	total := q.Start + 1
-	ks, vs, err := q.KV.Gather(total)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := make([]float64, len(q.Q))
-	scale := 1 / math.Sqrt(float64(d))
-	for hq := g * (h / kh); hq < (g+1)*(h/kh); hq++ {
-		qv := q.Q[hq*d:][:d]
-		var toks []int
-		for _, p := range pages {
-			for tk := p * bt; tk < min(total, (p+1)*bt); tk++ {
-				toks = append(toks, tk)
-			}
-		}
-		sc := make([]float64, len(toks))
-		mx := math.Inf(-1)
-		for i, tk := range toks {
-			var s float64
-			for c := range d {
-				s += float64(qv[c]) * float64(ks[(g*total+tk)*d+c])
-			}
-			sc[i] = s * scale
-			mx = max(mx, sc[i])
-		}
-		var l float64
-		for i := range sc {
-			sc[i] = math.Exp(sc[i] - mx)
-			l += sc[i]
-		}
-		o := out[hq*d:][:d]
-		for i, tk := range toks {
-			for c := range d {
-				o[c] += sc[i] / l * float64(vs[(g*total+tk)*d+c])
-			}
-		}
-	}
-	return out
 }

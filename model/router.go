@@ -86,12 +86,6 @@ func (BoundRouter) Name() string { return "bound" }
 // page is one vector matrix product over the gathered summaries.
 func (BoundRouter) Score(scores, q []float32, rows, g int, sums []*PageSummary) {
 	d := checkScore("BoundRouter", scores, q, rows, g, sums, 0)
-	if rows == 0 {
-		for i := range sums {
-			scores[i] = float32(math.Inf(-1))
-		}
-		return
-	}
 	b := routePool.Get().(*routeScratch)
 	defer routePool.Put(b)
 	b.q = resize(b.q, rows*2*d)
@@ -120,6 +114,12 @@ var routePool = sync.Pool{New: func() any { return new(routeScratch) }}
 // kernels.
 func (b *routeScratch) maxDots(scores []float32, rows, w int, sums []*PageSummary, gather func(dst []float32, s *PageSummary)) {
 	n := len(sums)
+	if rows == 0 {
+		for i := range sums {
+			scores[i] = float32(math.Inf(-1))
+		}
+		return
+	}
 	b.s = resize(b.s, n*w)
 	b.out = resize(b.out, rows*n)
 	for i, s := range sums {
@@ -162,12 +162,6 @@ func (r LearnedRouter) Score(scores, q []float32, rows, g int, sums []*PageSumma
 		panic(fmt.Sprintf("LearnedRouter.Score: %d weights for Dim %d", len(r.W), r.Dim))
 	}
 	d := checkScore("LearnedRouter", scores, q, rows, g, sums, r.Dim)
-	if rows == 0 {
-		for i := range sums {
-			scores[i] = float32(math.Inf(-1))
-		}
-		return
-	}
 	b := routePool.Get().(*routeScratch)
 	defer routePool.Put(b)
 	b.q = resize(b.q, rows*d)
