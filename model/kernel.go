@@ -101,6 +101,23 @@ type Kernel struct {
 	router                     Router
 	loops                      *kernels
 	pool                       sync.Pool // of *kscratch
+
+	// What decode tokens read, for Stats; updated once per Attend call.
+	decodeTokens, contextPages, readPages atomic.Int64
+}
+
+// KernelStats counts what the decode tokens a Kernel attended read.
+type KernelStats struct {
+	// DecodeTokens is the number of single-token queries.
+	DecodeTokens int64
+	// ContextPages is the pages their contexts held, summed over KV heads;
+	// ReadPages is the pages read, which block-sparse makes fewer.
+	ContextPages, ReadPages int64
+}
+
+// Stats returns the kernel's counts so far.
+func (k *Kernel) Stats() KernelStats {
+	return KernelStats{DecodeTokens: k.decodeTokens.Load(), ContextPages: k.contextPages.Load(), ReadPages: k.readPages.Load()}
 }
 
 // NewKernel returns the kernel for the attention geometry of cfg.
@@ -136,6 +153,13 @@ func NewKernel(cfg Config, opts Options) (*Kernel, error) {
 
 // Options returns the kernel's options.
 func (k *Kernel) Options() Options { return k.opts }
+
+// Recent returns the number of most recent pages block-sparse decode
+// always reads.
+func (k *Kernel) Recent() int { return k.recent }
+
+// Router returns the router that scores pages for block-sparse decode.
+func (k *Kernel) Router() Router { return k.router }
 
 // Loops names the inner loops in use: "avx2" or "go".
 func (k *Kernel) Loops() string { return k.loops.name }
@@ -329,6 +353,7 @@ func (p *plan) build() {
 		chunks = max(1, (4*workers+decodeHeads-1)/decodeHeads)
 	}
 	tile := max(1, prefillRows/k.group)
+	context, read := 0, 0
 	for qi := range p.qs {
 		qq := &p.qs[qi]
 		n := k.tokens(qq)
@@ -345,10 +370,12 @@ func (p *plan) build() {
 				continue
 			}
 			list, total := -1, qq.KV.Pages(qq.Start+1)
+			context += total
 			if p.decodeSparse(qi) {
 				list = qi*k.kvHeads + g
 				total = len(p.lists[list])
 			}
+			read += total
 			c := min(chunks, total, max(1, total/minChunkPages))
 			if c <= 1 {
 				p.items = append(p.items, item{q: qi, g: g, t1: 1, list: list, p1: total, part: -1})
@@ -360,6 +387,11 @@ func (p *plan) build() {
 				slots++
 			}
 		}
+	}
+	if decodeHeads > 0 {
+		k.decodeTokens.Add(int64(decodeHeads / k.kvHeads))
+		k.contextPages.Add(int64(context))
+		k.readPages.Add(int64(read))
 	}
 	rows := slots * k.group
 	p.pm = resize(p.pm, rows)

@@ -495,6 +495,10 @@ func TestBlockSparseReadsTheRoutedPages(t *testing.T) {
 			if e := relErr64(q.Out, want); e > 1e-5 {
 				t.Errorf("relative error %.3g against attention over the routed pages", e)
 			}
+			kh := int64(cfg.NumKVHeads)
+			if got, want := k.Stats(), (KernelStats{DecodeTokens: 1, ContextPages: int64(pages) * kh, ReadPages: 20 * kh}); got != want {
+				t.Errorf("stats %+v, want %+v", got, want)
+			}
 		})
 	}
 }

@@ -118,6 +118,7 @@ func NewAttendWith(env *Env, opts model.Options) (*Attend, error) {
 	for l := range env.layers {
 		a.layers = append(a.layers, env.Layer(l).WithKernel(k))
 	}
+	env.setKernel(k)
 	return a, nil
 }
 

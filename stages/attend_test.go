@@ -13,9 +13,12 @@ func TestRunBlockSparseCoveringEveryPageEqualsDense(t *testing.T) {
 	if diags.HasErrors() {
 		t.Fatal(diags)
 	}
-	_, steps := collect(t, p)
+	rep, steps := collect(t, p)
 	if checkOutputs(t, p, steps) == 0 {
 		t.Fatal("no step computed over a cached prefix")
+	}
+	if a := rep.Attention; a.Kernel != "block_sparse" || a.Threads != 2 || a.TopK != 1000 || a.DecodeTokens == 0 || a.ReadPages != a.ContextPages || a.ReadShare != 1 {
+		t.Errorf("attention report %+v: want block_sparse on 2 threads reading every context page", a)
 	}
 }
 
@@ -27,7 +30,10 @@ func TestRunBlockSparseReadsFewerPages(t *testing.T) {
 	if diags.HasErrors() {
 		t.Fatal(diags)
 	}
-	_, steps := collect(t, p)
+	rep, steps := collect(t, p)
+	if a := rep.Attention; a.Kernel != "block_sparse" || a.TopK != 2 || a.Recent != 1 || a.Router != "bound" || !(a.ReadShare > 0 && a.ReadShare < 1) {
+		t.Errorf("attention report %+v: want block_sparse, top_k 2, recent 1, bound router, reading part of the context", a)
+	}
 	h := p.Model.HiddenSize
 	differ, decodes := 0, 0
 	for _, r := range chatRequests(t, p) {

@@ -50,6 +50,9 @@ type Env struct {
 	// live holds the sequences whose pins are taken, so that a failed or
 	// cancelled run can return them. Guarded by mu.
 	live map[*Sequence]struct{}
+	// kernel is the attend stage's attention kernel, for the report; nil
+	// until the stage is built. Guarded by mu.
+	kernel *model.Kernel
 
 	requests       atomic.Int64
 	promptTokens   atomic.Int64
@@ -214,4 +217,18 @@ func (e *Env) Counters() Counters {
 		LookupPages:    e.lookupPages.Load(),
 		VerifiedPages:  e.verifiedPages.Load(),
 	}
+}
+
+// setKernel records the attention kernel the attend stage runs.
+func (e *Env) setKernel(k *model.Kernel) {
+	e.mu.Lock()
+	e.kernel = k
+	e.mu.Unlock()
+}
+
+// Kernel returns the attention kernel the attend stage runs, or nil.
+func (e *Env) Kernel() *model.Kernel {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.kernel
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/dustin/go-humanize"
 
+	"github.com/kvflow/kvflow/model"
 	"github.com/kvflow/kvflow/pipeline"
 	"github.com/kvflow/kvflow/storage"
 )
@@ -45,6 +46,7 @@ type Report struct {
 	Tiers         []storage.TierStats `json:"tiers"`
 	Lookup        LookupReport        `json:"lookup"`
 	Prefetch      PrefetchReport      `json:"prefetch"`
+	Attention     AttentionReport     `json:"attention"`
 	Memory        MemoryReport        `json:"memory"`
 	// Error is the run's error, if it failed.
 	Error string `json:"error,omitempty"`
@@ -66,6 +68,39 @@ type ModelReport struct {
 	DType       string `json:"dtype"`
 	BlockTokens int    `json:"block_tokens"`
 	PageBytes   int    `json:"page_bytes"`
+}
+
+// AttentionReport describes the attention kernel and what its decode
+// tokens read (all layers): ReadShare is ReadPages over ContextPages, 1 for
+// dense. Empty in a metadata run, which computes nothing.
+type AttentionReport struct {
+	Kernel       string  `json:"kernel"`
+	Loops        string  `json:"loops"` // "avx2" or "go"
+	Threads      int     `json:"threads"`
+	TopK         int     `json:"top_k,omitempty"`
+	Recent       int     `json:"recent,omitempty"`
+	Router       string  `json:"router,omitempty"`
+	DecodeTokens int64   `json:"decode_tokens"`
+	ContextPages int64   `json:"context_pages"`
+	ReadPages    int64   `json:"read_pages"`
+	ReadShare    float64 `json:"read_share"`
+}
+
+func attentionReport(k *model.Kernel) AttentionReport {
+	if k == nil {
+		return AttentionReport{}
+	}
+	o, st := k.Options(), k.Stats()
+	r := AttentionReport{Kernel: o.Kernel, Loops: k.Loops(), Threads: max(1, o.Workers),
+		DecodeTokens: st.DecodeTokens, ContextPages: st.ContextPages, ReadPages: st.ReadPages,
+		ReadShare: ratio(st.ReadPages, st.ContextPages)}
+	if r.Kernel == "" {
+		r.Kernel = model.KernelDense
+	}
+	if r.Kernel == model.KernelBlockSparse {
+		r.TopK, r.Recent, r.Router = o.TopK, k.Recent(), k.Router().Name()
+	}
+	return r
 }
 
 // TokenReport counts tokens: Prompt over all requests, Cached of them served
@@ -201,7 +236,8 @@ func newReport(p *Plan, env *Env, metrics []pipeline.StageMetrics, mgr *storage.
 		Prefetch: PrefetchReport{Issued: pf.Issued, Merged: pf.Merged, Demand: c.DemandLoads, OnTime: c.LoadsOnTime, Late: c.LoadsLate,
 			StallSeconds: c.Stall.Seconds(), Wasted: kvs.Wasted, Promoted: kvs.Promoted, Private: kvs.PrivateLoads,
 			LoadedBytes: pf.Bytes, Failed: pf.Failed, Recomputed: c.Recomputed},
-		Memory: mem,
+		Attention: attentionReport(env.Kernel()),
+		Memory:    mem,
 	}
 	if secs > 0 {
 		r.TokensPerSecond = float64(c.ComputedTokens) / secs
@@ -287,6 +323,13 @@ func (r *Report) WriteText(w io.Writer) error {
 	fmt.Fprintf(w, "computed tokens   %d (%d decode)\n", r.Tokens.Computed, r.Tokens.Decode)
 	fmt.Fprintf(w, "tokens/s          %.1f (%.1f requests/s)\n", r.TokensPerSecond, r.RequestsPerSecond)
 	fmt.Fprintf(w, "pages committed   %d (%d kept private: tier full)\n", r.Pages.Committed, r.Pages.CommitFailures)
+	if a := r.Attention; a.Kernel != "" {
+		fmt.Fprintf(w, "attention         %s (%s loops, %d threads)", a.Kernel, a.Loops, a.Threads)
+		if a.Kernel == model.KernelBlockSparse {
+			fmt.Fprintf(w, ", top_k %d, recent %d, %s router", a.TopK, a.Recent, a.Router)
+		}
+		fmt.Fprintf(w, ": decode tokens read %d of %d context pages (%.1f%%)\n", a.ReadPages, a.ContextPages, 100*a.ReadShare)
+	}
 	if len(r.Tiers) > 1 {
 		pf := r.Prefetch
 		fmt.Fprintf(w, "prefix pages      %d in host, %d in ssd (hit ratios %.3f, %.3f)\n", r.Lookup.MemoryPages, r.Lookup.StorePages,

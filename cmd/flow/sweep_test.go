@@ -293,6 +293,7 @@ func TestReportKeys(t *testing.T) {
 	keys("", r)
 	keys("prefetch.", r["prefetch"])
 	keys("lookup.", r["lookup"])
+	keys("attention.", r["attention"])
 	tiers, ok := r["tiers"].([]any)
 	if !ok || len(tiers) == 0 {
 		t.Fatalf("tiers: %v", r["tiers"])
