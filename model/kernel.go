@@ -169,6 +169,7 @@ type kscratch struct {
 	q      []float32 // the item's query rows, [rows][d]
 	acc    []float32 // [rows][d]
 	m, l   []float32 // running max and denominator per row
+	pm     []float32 // each row's max over the current page's scores
 	s      []float32 // scores then weights, [rows][BlockTokens]
 	kp, vp []float32 // decoded page rows when the page is not viewable in place
 	route  []float32 // router scores, [pages]
@@ -407,8 +408,6 @@ const (
 	// minChunkPages keeps a split decode chunk large enough that the merge
 	// and scheduling cost little against reading it.
 	minChunkPages = 4
-	// prefetchRows is the number of V rows asked for per slice of scores.
-	prefetchRows = 4
 )
 
 // run executes phase on items [0, n) with up to Workers goroutines, the
@@ -483,6 +482,7 @@ func (p *plan) runItem(it *item, s *kscratch) {
 	s.acc = resize(s.acc, rows*d)
 	clear(s.acc)
 	s.m = resize(s.m, rows)
+	s.pm = resize(s.pm, rows)
 	s.l = resize(s.l, rows)
 	clear(s.l)
 	for r := range s.m {
@@ -541,20 +541,16 @@ func (p *plan) page(it *item, s *kscratch, kv *PagedKV, pg, count, rows int, nex
 	kb := kv.K[pg][off : off+count*d*size]
 	vb := kv.V[pg][off : off+count*d*size]
 	var vf []float32
+	var mx []float32 // each row's max over the page's count scores, if known
 	switch kv.DType {
 	case BF16:
-		// V is read after the scores: ask for its rows a few at a time
-		// while the scores are computed, so that they arrive in the
-		// background (a whole page asked for at once stalls the core).
-		row := d * size
-		for t0 := 0; t0 < count; t0 += prefetchRows {
-			t1 := min(count, t0+prefetchRows)
-			k.loops.prefetch(vb[t0*row : t1*row])
-			if t1*row <= len(next) {
-				k.loops.prefetch(next[t0*row : t1*row])
-			}
-			k.loops.scoresBF16(s.s[t0:], s.q, kb[t0*row:t1*row], rows, t1-t0, d, bt, k.scale)
-		}
+		// One call for the page's scores. V is read after them and the next
+		// page's K after that: the kernel asks for both a few rows at a
+		// time, along with the key rows it is scoring, so that they arrive
+		// in the background (a whole page asked for at once stalls the
+		// core).
+		mx = s.pm[:rows]
+		k.loops.scoresBF16(s.s, s.q, kb, rows, count, d, bt, k.scale, mx, vb, next)
 	default:
 		s.kp = resize(s.kp, count*d)
 		s.vp = resize(s.vp, count*d)
@@ -571,7 +567,12 @@ func (p *plan) page(it *item, s *kscratch, kv *PagedKV, pg, count, rows int, nex
 			continue
 		}
 		sc := row[:vis]
-		pm := k.loops.maxF32(sc)
+		var pm float32
+		if mx != nil && vis == count {
+			pm = mx[r]
+		} else {
+			pm = k.loops.maxF32(sc)
+		}
 		if m := s.m[r]; pm > m {
 			if s.l[r] != 0 {
 				corr := float32(math.Exp(float64(m - pm)))

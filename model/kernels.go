@@ -23,7 +23,13 @@ type kernels struct {
 
 	// scoresBF16 sets out[h*ostride+t] = scale * Σ_{c<d} q[h*d+c] * K(t,c)
 	// for h < nh, t < n, where K(t,c) is the bf16 value at k[2*(t*d+c):].
-	scoresBF16 func(out, q []float32, k []byte, nh, n, d, ostride int, scale float32)
+	// When mx is not nil (len >= nh) and n > 0 it also sets mx[h] to the
+	// largest out[h*ostride+t], t < n. pfA and pfB are memory to be read
+	// soon after (in decode, the page's values and the next page's keys):
+	// the vector set asks for their first 2*n*d bytes to be brought into
+	// the caches a few lines per key row, along with the rows of k; a hint,
+	// ignored by the Go set and for a slice shorter than 2*n*d.
+	scoresBF16 func(out, q []float32, k []byte, nh, n, d, ostride int, scale float32, mx []float32, pfA, pfB []byte)
 	// scoresF32: the same with K(t,c) = k[t*d+c].
 	scoresF32 func(out, q, k []float32, nh, n, d, ostride int, scale float32)
 	// accumBF16 adds acc[h*d+c] += Σ_{t<n} p[h*pstride+t] * V(t,c) for h < nh, c < d,
@@ -89,7 +95,7 @@ func bf16At(b []byte, i int) float32 {
 	return math.Float32frombits(uint32(binary.LittleEndian.Uint16(b[2*i:])) << 16)
 }
 
-func scoresBF16Go(out, q []float32, k []byte, nh, n, d, ostride int, scale float32) {
+func scoresBF16Go(out, q []float32, k []byte, nh, n, d, ostride int, scale float32, mx []float32, _, _ []byte) {
 	if nh <= 0 || n <= 0 {
 		return
 	}
@@ -112,6 +118,9 @@ func scoresBF16Go(out, q []float32, k []byte, nh, n, d, ostride int, scale float
 				s0 += qh[c] * bf16At(kt, c)
 			}
 			oh[t] = scale * ((s0 + s1) + (s2 + s3))
+		}
+		if mx != nil {
+			mx[h] = maxF32Go(oh)
 		}
 	}
 }

@@ -1,6 +1,10 @@
 package model
 
-import "golang.org/x/sys/cpu"
+import (
+	"math"
+
+	"golang.org/x/sys/cpu"
+)
 
 // vecKernels is the AVX2+FMA set (kernels_amd64.s), nil on CPUs without
 // both; decided once at init.
@@ -36,9 +40,9 @@ func prefetchSlice(b []byte) {
 // element the assembly touches (a short slice panics instead of reading or
 // writing past it), then split the nh query heads into blocks of 4, 2 and 1.
 
-func scoresBF16AVX2(out, q []float32, k []byte, nh, n, d, ostride int, scale float32) {
+func scoresBF16AVX2(out, q []float32, k []byte, nh, n, d, ostride int, scale float32, mx []float32, pfA, pfB []byte) {
 	if d <= 0 || d%8 != 0 {
-		scoresBF16Go(out, q, k, nh, n, d, ostride, scale)
+		scoresBF16Go(out, q, k, nh, n, d, ostride, scale, mx, pfA, pfB)
 		return
 	}
 	if nh <= 0 || n <= 0 {
@@ -47,16 +51,77 @@ func scoresBF16AVX2(out, q []float32, k []byte, nh, n, d, ostride int, scale flo
 	_ = out[(nh-1)*ostride+n-1]
 	_ = q[nh*d-1]
 	_ = k[2*n*d-1]
+	if d%16 != 0 || d > pairMaxD {
+		scoresBF16Narrow(out, q, k, nh, n, d, ostride, scale)
+		if mx != nil {
+			for h := range nh {
+				mx[h] = maxF32Slice(out[h*ostride : h*ostride+n])
+			}
+		}
+		return
+	}
+	var own [4]float32
+	for h := range nh {
+		m := &own[h%4]
+		if mx != nil {
+			m = &mx[h]
+		}
+		*m = float32(math.Inf(-1))
+	}
+	// The routines prefetch 2*n*d bytes of each region; a region too short
+	// (or a block of heads after the first) reads k's own lines instead.
+	pa, pb := &k[0], &k[0]
+	if len(pfA) >= 2*n*d {
+		pa = &pfA[0]
+	}
+	if len(pfB) >= 2*n*d {
+		pb = &pfB[0]
+	}
 	h := 0
 	for ; nh-h >= 4; h += 4 {
-		scoresBF16H4(&out[h*ostride], &q[h*d], &k[0], n, d, ostride, scale)
+		m := &own[0]
+		if mx != nil {
+			_ = mx[h+3]
+			m = &mx[h]
+		}
+		scoresBF16H4(&out[h*ostride], &q[h*d], &k[0], n, d, ostride, scale, m, pa, pb)
+		pa, pb = &k[0], &k[0]
 	}
 	if nh-h >= 2 {
-		scoresBF16H2(&out[h*ostride], &q[h*d], &k[0], n, d, ostride, scale)
+		m := &own[0]
+		if mx != nil {
+			_ = mx[h+1]
+			m = &mx[h]
+		}
+		scoresBF16H2(&out[h*ostride], &q[h*d], &k[0], n, d, ostride, scale, m, pa, pb)
+		pa, pb = &k[0], &k[0]
 		h += 2
 	}
 	if nh-h >= 1 {
-		scoresBF16H1(&out[h*ostride], &q[h*d], &k[0], n, d, ostride, scale)
+		m := &own[0]
+		if mx != nil {
+			m = &mx[h]
+		}
+		scoresBF16H1(&out[h*ostride], &q[h*d], &k[0], n, d, ostride, scale, m, pa, pb)
+	}
+}
+
+// pairMaxD is the largest d the even/odd scores routines take (their copy
+// of q is in a fixed stack frame).
+const pairMaxD = 256
+
+// scoresBF16Narrow runs the scores routines that take any d%8 == 0.
+func scoresBF16Narrow(out, q []float32, k []byte, nh, n, d, ostride int, scale float32) {
+	h := 0
+	for ; nh-h >= 4; h += 4 {
+		scoresBF16NarrowH4(&out[h*ostride], &q[h*d], &k[0], n, d, ostride, scale)
+	}
+	if nh-h >= 2 {
+		scoresBF16NarrowH2(&out[h*ostride], &q[h*d], &k[0], n, d, ostride, scale)
+		h += 2
+	}
+	if nh-h >= 1 {
+		scoresBF16NarrowH1(&out[h*ostride], &q[h*d], &k[0], n, d, ostride, scale)
 	}
 }
 
@@ -141,23 +206,44 @@ func expSumAVX2Slice(x []float32, m float32) float32 {
 
 // Generated routines (kernels_amd64.s).
 
-// scoresBF16H4 sets out[h*ostride+t] = scale * Σ_{c<d} q[h*d+c]*K(t,c)
+// scoresBF16NarrowH4 sets out[h*ostride+t] = scale * Σ_{c<d} q[h*d+c]*K(t,c)
 // for h < 4, t < n; n > 0, d > 0 and d%8 == 0.
 //
 //go:noescape
-func scoresBF16H4(out *float32, q *float32, k *byte, n int, d int, ostride int, scale float32)
+func scoresBF16NarrowH4(out *float32, q *float32, k *byte, n int, d int, ostride int, scale float32)
 
-// scoresBF16H2 sets out[h*ostride+t] = scale * Σ_{c<d} q[h*d+c]*K(t,c)
+// scoresBF16NarrowH2 sets out[h*ostride+t] = scale * Σ_{c<d} q[h*d+c]*K(t,c)
 // for h < 2, t < n; n > 0, d > 0 and d%8 == 0.
 //
 //go:noescape
-func scoresBF16H2(out *float32, q *float32, k *byte, n int, d int, ostride int, scale float32)
+func scoresBF16NarrowH2(out *float32, q *float32, k *byte, n int, d int, ostride int, scale float32)
 
-// scoresBF16H1 sets out[h*ostride+t] = scale * Σ_{c<d} q[h*d+c]*K(t,c)
+// scoresBF16NarrowH1 sets out[h*ostride+t] = scale * Σ_{c<d} q[h*d+c]*K(t,c)
 // for h < 1, t < n; n > 0, d > 0 and d%8 == 0.
 //
 //go:noescape
-func scoresBF16H1(out *float32, q *float32, k *byte, n int, d int, ostride int, scale float32)
+func scoresBF16NarrowH1(out *float32, q *float32, k *byte, n int, d int, ostride int, scale float32)
+
+// scoresBF16H4 sets out[h*ostride+t] = scale * Σ_{c<d} q[h*d+c]*K(t,c)
+// and mx[h] = max(mx[h], out[h*ostride+t]) for h < 4, t < n; n > 0,
+// d > 0, d%16 == 0 and d <= 256. It also prefetches n*2*d bytes at pfA and pfB.
+//
+//go:noescape
+func scoresBF16H4(out *float32, q *float32, k *byte, n int, d int, ostride int, scale float32, mx *float32, pfA *byte, pfB *byte)
+
+// scoresBF16H2 sets out[h*ostride+t] = scale * Σ_{c<d} q[h*d+c]*K(t,c)
+// and mx[h] = max(mx[h], out[h*ostride+t]) for h < 2, t < n; n > 0,
+// d > 0, d%16 == 0 and d <= 256. It also prefetches n*2*d bytes at pfA and pfB.
+//
+//go:noescape
+func scoresBF16H2(out *float32, q *float32, k *byte, n int, d int, ostride int, scale float32, mx *float32, pfA *byte, pfB *byte)
+
+// scoresBF16H1 sets out[h*ostride+t] = scale * Σ_{c<d} q[h*d+c]*K(t,c)
+// and mx[h] = max(mx[h], out[h*ostride+t]) for h < 1, t < n; n > 0,
+// d > 0, d%16 == 0 and d <= 256. It also prefetches n*2*d bytes at pfA and pfB.
+//
+//go:noescape
+func scoresBF16H1(out *float32, q *float32, k *byte, n int, d int, ostride int, scale float32, mx *float32, pfA *byte, pfB *byte)
 
 // accumBF16H4 adds acc[h*d+c] += Σ_{t<n} p[h*pstride+t]*V(t,c)
 // for h < 4, c < d; n > 0, d > 0 and d%8 == 0.

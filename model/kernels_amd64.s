@@ -116,9 +116,19 @@ DATA attn_exp_consts<>+440(SB)/4, $0x00000000
 DATA attn_exp_consts<>+444(SB)/4, $0x00000000
 GLOBL attn_exp_consts<>(SB), RODATA|NOPTR, $448
 
-// func scoresBF16H4(out *float32, q *float32, k *byte, n int, d int, ostride int, scale float32)
+DATA attn_pair_mask<>+0(SB)/4, $0xffff0000
+DATA attn_pair_mask<>+4(SB)/4, $0xffff0000
+DATA attn_pair_mask<>+8(SB)/4, $0xffff0000
+DATA attn_pair_mask<>+12(SB)/4, $0xffff0000
+DATA attn_pair_mask<>+16(SB)/4, $0xffff0000
+DATA attn_pair_mask<>+20(SB)/4, $0xffff0000
+DATA attn_pair_mask<>+24(SB)/4, $0xffff0000
+DATA attn_pair_mask<>+28(SB)/4, $0xffff0000
+GLOBL attn_pair_mask<>(SB), RODATA|NOPTR, $32
+
+// func scoresBF16NarrowH4(out *float32, q *float32, k *byte, n int, d int, ostride int, scale float32)
 // Requires: AVX, AVX2, FMA3
-TEXT ·scoresBF16H4(SB), NOSPLIT, $0-52
+TEXT ·scoresBF16NarrowH4(SB), NOSPLIT, $0-52
 	MOVQ         out+0(FP), AX
 	MOVQ         q+8(FP), CX
 	MOVQ         k+16(FP), DX
@@ -238,9 +248,9 @@ done:
 	VZEROUPPER
 	RET
 
-// func scoresBF16H2(out *float32, q *float32, k *byte, n int, d int, ostride int, scale float32)
+// func scoresBF16NarrowH2(out *float32, q *float32, k *byte, n int, d int, ostride int, scale float32)
 // Requires: AVX, AVX2, FMA3
-TEXT ·scoresBF16H2(SB), NOSPLIT, $0-52
+TEXT ·scoresBF16NarrowH2(SB), NOSPLIT, $0-52
 	MOVQ         out+0(FP), AX
 	MOVQ         q+8(FP), CX
 	MOVQ         k+16(FP), DX
@@ -332,9 +342,9 @@ done:
 	VZEROUPPER
 	RET
 
-// func scoresBF16H1(out *float32, q *float32, k *byte, n int, d int, ostride int, scale float32)
+// func scoresBF16NarrowH1(out *float32, q *float32, k *byte, n int, d int, ostride int, scale float32)
 // Requires: AVX, AVX2, FMA3
-TEXT ·scoresBF16H1(SB), NOSPLIT, $0-52
+TEXT ·scoresBF16NarrowH1(SB), NOSPLIT, $0-52
 	MOVQ         out+0(FP), AX
 	MOVQ         q+8(FP), CX
 	MOVQ         k+16(FP), DX
@@ -430,6 +440,702 @@ chunk:
 	VMOVSS       X1, (AX)
 	ADDQ         $0x04, AX
 	SUBQ         $0x01, BX
+	JMP          row
+
+done:
+	VZEROUPPER
+	RET
+
+// func scoresBF16H4(out *float32, q *float32, k *byte, n int, d int, ostride int, scale float32, mx *float32, pfA *byte, pfB *byte)
+// Requires: AVX, AVX2, FMA3, MMX+
+TEXT ·scoresBF16H4(SB), $4160-80
+	MOVQ q+8(FP), AX
+	MOVQ d+32(FP), CX
+	LEAQ 1024(SP), DX
+	MOVQ CX, BX
+	SHLQ $0x02, BX
+	SUBQ BX, DX
+	MOVQ CX, BX
+	SHRQ $0x04, BX
+
+perm0:
+	VMOVUPS (AX), Y0
+	VMOVUPS 32(AX), Y1
+	VSHUFPS $0x88, Y1, Y0, Y2
+	VSHUFPS $0xdd, Y1, Y0, Y0
+	VPERMPD $0xd8, Y2, Y2
+	VPERMPD $0xd8, Y0, Y0
+	VMOVUPS Y2, (DX)
+	VMOVUPS Y0, 32(DX)
+	ADDQ    $0x40, AX
+	ADDQ    $0x40, DX
+	DECQ    BX
+	JNZ     perm0
+	LEAQ    2048(SP), DX
+	MOVQ    CX, BX
+	SHLQ    $0x02, BX
+	SUBQ    BX, DX
+	MOVQ    CX, BX
+	SHRQ    $0x04, BX
+
+perm1:
+	VMOVUPS (AX), Y0
+	VMOVUPS 32(AX), Y1
+	VSHUFPS $0x88, Y1, Y0, Y2
+	VSHUFPS $0xdd, Y1, Y0, Y0
+	VPERMPD $0xd8, Y2, Y2
+	VPERMPD $0xd8, Y0, Y0
+	VMOVUPS Y2, (DX)
+	VMOVUPS Y0, 32(DX)
+	ADDQ    $0x40, AX
+	ADDQ    $0x40, DX
+	DECQ    BX
+	JNZ     perm1
+	LEAQ    3072(SP), DX
+	MOVQ    CX, BX
+	SHLQ    $0x02, BX
+	SUBQ    BX, DX
+	MOVQ    CX, BX
+	SHRQ    $0x04, BX
+
+perm2:
+	VMOVUPS (AX), Y0
+	VMOVUPS 32(AX), Y1
+	VSHUFPS $0x88, Y1, Y0, Y2
+	VSHUFPS $0xdd, Y1, Y0, Y0
+	VPERMPD $0xd8, Y2, Y2
+	VPERMPD $0xd8, Y0, Y0
+	VMOVUPS Y2, (DX)
+	VMOVUPS Y0, 32(DX)
+	ADDQ    $0x40, AX
+	ADDQ    $0x40, DX
+	DECQ    BX
+	JNZ     perm2
+	LEAQ    4096(SP), DX
+	MOVQ    CX, BX
+	SHLQ    $0x02, BX
+	SUBQ    BX, DX
+	MOVQ    CX, BX
+	SHRQ    $0x04, BX
+
+perm3:
+	VMOVUPS (AX), Y0
+	VMOVUPS 32(AX), Y1
+	VSHUFPS $0x88, Y1, Y0, Y2
+	VSHUFPS $0xdd, Y1, Y0, Y0
+	VPERMPD $0xd8, Y2, Y2
+	VPERMPD $0xd8, Y0, Y0
+	VMOVUPS Y2, (DX)
+	VMOVUPS Y0, 32(DX)
+	ADDQ    $0x40, AX
+	ADDQ    $0x40, DX
+	DECQ    BX
+	JNZ     perm3
+	MOVQ    out+0(FP), AX
+	MOVQ    k+16(FP), CX
+	MOVQ    n+24(FP), DX
+	MOVQ    ostride+40(FP), BX
+	SHLQ    $0x02, BX
+	LEAQ    (BX)(BX*2), SI
+	MOVQ    mx+56(FP), DI
+	MOVQ    pfA+64(FP), R8
+	MOVQ    pfB+72(FP), R9
+	MOVQ    d+32(FP), R10
+	SHLQ    $0x01, R10
+
+rows:
+	CMPQ   DX, $0x03
+	JL     row
+	LEAQ   (CX)(R10*1), CX
+	LEAQ   (CX)(R10*1), R11
+	LEAQ   (R11)(R10*1), R12
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	VXORPS Y4, Y4, Y4
+	VXORPS Y5, Y5, Y5
+	VXORPS Y6, Y6, Y6
+	VXORPS Y7, Y7, Y7
+	VXORPS Y8, Y8, Y8
+	VXORPS Y9, Y9, Y9
+	VXORPS Y10, Y10, Y10
+	VXORPS Y11, Y11, Y11
+	MOVQ   R10, R13
+	NEGQ   R13
+
+chunks:
+	VMOVDQU      (CX)(R13*1), Y12
+	VPSLLD       $0x10, Y12, Y12
+	VMOVDQU      (R11)(R13*1), Y13
+	VPSLLD       $0x10, Y13, Y13
+	VMOVDQU      (R12)(R13*1), Y14
+	VPSLLD       $0x10, Y14, Y14
+	VMOVUPS      1024(SP)(R13*2), Y15
+	VFMADD231PS  Y12, Y15, Y0
+	VFMADD231PS  Y13, Y15, Y4
+	VFMADD231PS  Y14, Y15, Y8
+	VMOVUPS      2048(SP)(R13*2), Y15
+	VFMADD231PS  Y12, Y15, Y1
+	VFMADD231PS  Y13, Y15, Y5
+	VFMADD231PS  Y14, Y15, Y9
+	VMOVUPS      3072(SP)(R13*2), Y15
+	VFMADD231PS  Y12, Y15, Y2
+	VFMADD231PS  Y13, Y15, Y6
+	VFMADD231PS  Y14, Y15, Y10
+	VMOVUPS      4096(SP)(R13*2), Y15
+	VFMADD231PS  Y12, Y15, Y3
+	VFMADD231PS  Y13, Y15, Y7
+	VFMADD231PS  Y14, Y15, Y11
+	VMOVDQU      (CX)(R13*1), Y12
+	VPAND        attn_pair_mask<>+0(SB), Y12, Y12
+	VMOVDQU      (R11)(R13*1), Y13
+	VPAND        attn_pair_mask<>+0(SB), Y13, Y13
+	VMOVDQU      (R12)(R13*1), Y14
+	VPAND        attn_pair_mask<>+0(SB), Y14, Y14
+	VMOVUPS      1056(SP)(R13*2), Y15
+	VFMADD231PS  Y12, Y15, Y0
+	VFMADD231PS  Y13, Y15, Y4
+	VFMADD231PS  Y14, Y15, Y8
+	VMOVUPS      2080(SP)(R13*2), Y15
+	VFMADD231PS  Y12, Y15, Y1
+	VFMADD231PS  Y13, Y15, Y5
+	VFMADD231PS  Y14, Y15, Y9
+	VMOVUPS      3104(SP)(R13*2), Y15
+	VFMADD231PS  Y12, Y15, Y2
+	VFMADD231PS  Y13, Y15, Y6
+	VFMADD231PS  Y14, Y15, Y10
+	VMOVUPS      4128(SP)(R13*2), Y15
+	VFMADD231PS  Y12, Y15, Y3
+	VFMADD231PS  Y13, Y15, Y7
+	VFMADD231PS  Y14, Y15, Y11
+	PREFETCHT0   (R8)
+	PREFETCHT0   (R9)
+	PREFETCHT0   64(R8)
+	PREFETCHT0   64(R9)
+	ADDQ         $0x60, R8
+	ADDQ         $0x60, R9
+	ADDQ         $0x20, R13
+	JNZ          chunks
+	VBROADCASTSS scale+48(FP), X12
+	VHADDPS      Y1, Y0, Y0
+	VHADDPS      Y3, Y2, Y1
+	VHADDPS      Y1, Y0, Y0
+	VEXTRACTF128 $0x01, Y0, X1
+	VADDPS       X1, X0, X0
+	VMULPS       X12, X0, X0
+	VMOVSS       X0, (AX)
+	VEXTRACTPS   $0x01, X0, (AX)(BX*1)
+	VEXTRACTPS   $0x02, X0, (AX)(BX*2)
+	VEXTRACTPS   $0x03, X0, (AX)(SI*1)
+	VMOVUPS      (DI), X1
+	VMAXPS       X0, X1, X1
+	VMOVUPS      X1, (DI)
+	VHADDPS      Y5, Y4, Y0
+	VHADDPS      Y7, Y6, Y1
+	VHADDPS      Y1, Y0, Y0
+	VEXTRACTF128 $0x01, Y0, X1
+	VADDPS       X1, X0, X0
+	VMULPS       X12, X0, X0
+	VMOVSS       X0, 4(AX)
+	VEXTRACTPS   $0x01, X0, 4(AX)(BX*1)
+	VEXTRACTPS   $0x02, X0, 4(AX)(BX*2)
+	VEXTRACTPS   $0x03, X0, 4(AX)(SI*1)
+	VMOVUPS      (DI), X1
+	VMAXPS       X0, X1, X1
+	VMOVUPS      X1, (DI)
+	VHADDPS      Y9, Y8, Y0
+	VHADDPS      Y11, Y10, Y1
+	VHADDPS      Y1, Y0, Y0
+	VEXTRACTF128 $0x01, Y0, X1
+	VADDPS       X1, X0, X0
+	VMULPS       X12, X0, X0
+	VMOVSS       X0, 8(AX)
+	VEXTRACTPS   $0x01, X0, 8(AX)(BX*1)
+	VEXTRACTPS   $0x02, X0, 8(AX)(BX*2)
+	VEXTRACTPS   $0x03, X0, 8(AX)(SI*1)
+	VMOVUPS      (DI), X1
+	VMAXPS       X0, X1, X1
+	VMOVUPS      X1, (DI)
+	MOVQ         R12, CX
+	ADDQ         $0x0c, AX
+	SUBQ         $0x03, DX
+	JMP          rows
+
+row:
+	CMPQ   DX, $0x00
+	JE     done
+	LEAQ   (CX)(R10*1), CX
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	MOVQ   R10, R11
+	NEGQ   R11
+
+chunk:
+	VMOVDQU      (CX)(R11*1), Y4
+	VPSLLD       $0x10, Y4, Y4
+	VMOVUPS      1024(SP)(R11*2), Y5
+	VFMADD231PS  Y4, Y5, Y0
+	VMOVUPS      2048(SP)(R11*2), Y5
+	VFMADD231PS  Y4, Y5, Y1
+	VMOVUPS      3072(SP)(R11*2), Y5
+	VFMADD231PS  Y4, Y5, Y2
+	VMOVUPS      4096(SP)(R11*2), Y5
+	VFMADD231PS  Y4, Y5, Y3
+	VMOVDQU      (CX)(R11*1), Y4
+	VPAND        attn_pair_mask<>+0(SB), Y4, Y4
+	VMOVUPS      1056(SP)(R11*2), Y5
+	VFMADD231PS  Y4, Y5, Y0
+	VMOVUPS      2080(SP)(R11*2), Y5
+	VFMADD231PS  Y4, Y5, Y1
+	VMOVUPS      3104(SP)(R11*2), Y5
+	VFMADD231PS  Y4, Y5, Y2
+	VMOVUPS      4128(SP)(R11*2), Y5
+	VFMADD231PS  Y4, Y5, Y3
+	PREFETCHT0   (R8)
+	PREFETCHT0   (R9)
+	ADDQ         $0x20, R8
+	ADDQ         $0x20, R9
+	ADDQ         $0x20, R11
+	JNZ          chunk
+	VBROADCASTSS scale+48(FP), X4
+	VHADDPS      Y1, Y0, Y0
+	VHADDPS      Y3, Y2, Y1
+	VHADDPS      Y1, Y0, Y0
+	VEXTRACTF128 $0x01, Y0, X1
+	VADDPS       X1, X0, X0
+	VMULPS       X4, X0, X0
+	VMOVSS       X0, (AX)
+	VEXTRACTPS   $0x01, X0, (AX)(BX*1)
+	VEXTRACTPS   $0x02, X0, (AX)(BX*2)
+	VEXTRACTPS   $0x03, X0, (AX)(SI*1)
+	VMOVUPS      (DI), X1
+	VMAXPS       X0, X1, X1
+	VMOVUPS      X1, (DI)
+	ADDQ         $0x04, AX
+	SUBQ         $0x01, DX
+	JMP          row
+
+done:
+	VZEROUPPER
+	RET
+
+// func scoresBF16H2(out *float32, q *float32, k *byte, n int, d int, ostride int, scale float32, mx *float32, pfA *byte, pfB *byte)
+// Requires: AVX, AVX2, FMA3, MMX+
+TEXT ·scoresBF16H2(SB), $2112-80
+	MOVQ q+8(FP), AX
+	MOVQ d+32(FP), CX
+	LEAQ 1024(SP), DX
+	MOVQ CX, BX
+	SHLQ $0x02, BX
+	SUBQ BX, DX
+	MOVQ CX, BX
+	SHRQ $0x04, BX
+
+perm0:
+	VMOVUPS (AX), Y0
+	VMOVUPS 32(AX), Y1
+	VSHUFPS $0x88, Y1, Y0, Y2
+	VSHUFPS $0xdd, Y1, Y0, Y0
+	VPERMPD $0xd8, Y2, Y2
+	VPERMPD $0xd8, Y0, Y0
+	VMOVUPS Y2, (DX)
+	VMOVUPS Y0, 32(DX)
+	ADDQ    $0x40, AX
+	ADDQ    $0x40, DX
+	DECQ    BX
+	JNZ     perm0
+	LEAQ    2048(SP), DX
+	MOVQ    CX, BX
+	SHLQ    $0x02, BX
+	SUBQ    BX, DX
+	MOVQ    CX, BX
+	SHRQ    $0x04, BX
+
+perm1:
+	VMOVUPS (AX), Y0
+	VMOVUPS 32(AX), Y1
+	VSHUFPS $0x88, Y1, Y0, Y2
+	VSHUFPS $0xdd, Y1, Y0, Y0
+	VPERMPD $0xd8, Y2, Y2
+	VPERMPD $0xd8, Y0, Y0
+	VMOVUPS Y2, (DX)
+	VMOVUPS Y0, 32(DX)
+	ADDQ    $0x40, AX
+	ADDQ    $0x40, DX
+	DECQ    BX
+	JNZ     perm1
+	MOVQ    out+0(FP), AX
+	MOVQ    k+16(FP), CX
+	MOVQ    n+24(FP), DX
+	MOVQ    ostride+40(FP), BX
+	SHLQ    $0x02, BX
+	MOVQ    mx+56(FP), SI
+	MOVQ    pfA+64(FP), DI
+	MOVQ    pfB+72(FP), R8
+	MOVQ    d+32(FP), R9
+	SHLQ    $0x01, R9
+
+rows:
+	CMPQ   DX, $0x04
+	JL     row
+	LEAQ   (CX)(R9*1), CX
+	LEAQ   (CX)(R9*1), R10
+	LEAQ   (R10)(R9*1), R11
+	LEAQ   (R11)(R9*1), R12
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	VXORPS Y4, Y4, Y4
+	VXORPS Y5, Y5, Y5
+	VXORPS Y6, Y6, Y6
+	VXORPS Y7, Y7, Y7
+	MOVQ   R9, R13
+	NEGQ   R13
+
+chunks:
+	VMOVDQU      (CX)(R13*1), Y8
+	VPSLLD       $0x10, Y8, Y8
+	VMOVDQU      (R10)(R13*1), Y9
+	VPSLLD       $0x10, Y9, Y9
+	VMOVDQU      (R11)(R13*1), Y10
+	VPSLLD       $0x10, Y10, Y10
+	VMOVDQU      (R12)(R13*1), Y11
+	VPSLLD       $0x10, Y11, Y11
+	VMOVUPS      1024(SP)(R13*2), Y12
+	VFMADD231PS  Y8, Y12, Y0
+	VFMADD231PS  Y9, Y12, Y2
+	VFMADD231PS  Y10, Y12, Y4
+	VFMADD231PS  Y11, Y12, Y6
+	VMOVUPS      2048(SP)(R13*2), Y12
+	VFMADD231PS  Y8, Y12, Y1
+	VFMADD231PS  Y9, Y12, Y3
+	VFMADD231PS  Y10, Y12, Y5
+	VFMADD231PS  Y11, Y12, Y7
+	VMOVDQU      (CX)(R13*1), Y8
+	VPAND        attn_pair_mask<>+0(SB), Y8, Y8
+	VMOVDQU      (R10)(R13*1), Y9
+	VPAND        attn_pair_mask<>+0(SB), Y9, Y9
+	VMOVDQU      (R11)(R13*1), Y10
+	VPAND        attn_pair_mask<>+0(SB), Y10, Y10
+	VMOVDQU      (R12)(R13*1), Y11
+	VPAND        attn_pair_mask<>+0(SB), Y11, Y11
+	VMOVUPS      1056(SP)(R13*2), Y12
+	VFMADD231PS  Y8, Y12, Y0
+	VFMADD231PS  Y9, Y12, Y2
+	VFMADD231PS  Y10, Y12, Y4
+	VFMADD231PS  Y11, Y12, Y6
+	VMOVUPS      2080(SP)(R13*2), Y12
+	VFMADD231PS  Y8, Y12, Y1
+	VFMADD231PS  Y9, Y12, Y3
+	VFMADD231PS  Y10, Y12, Y5
+	VFMADD231PS  Y11, Y12, Y7
+	PREFETCHT0   (DI)
+	PREFETCHT0   (R8)
+	PREFETCHT0   64(DI)
+	PREFETCHT0   64(R8)
+	PREFETCHT0   96(DI)
+	PREFETCHT0   96(R8)
+	ADDQ         $0x80, DI
+	ADDQ         $0x80, R8
+	ADDQ         $0x20, R13
+	JNZ          chunks
+	VBROADCASTSS scale+48(FP), X8
+	VHADDPS      Y1, Y0, Y0
+	VHADDPS      Y0, Y0, Y0
+	VEXTRACTF128 $0x01, Y0, X1
+	VADDPS       X1, X0, X0
+	VMULPS       X8, X0, X0
+	VMOVSS       X0, (AX)
+	VEXTRACTPS   $0x01, X0, (AX)(BX*1)
+	VMOVSD       (SI), X1
+	VMAXPS       X0, X1, X1
+	VMOVSD       X1, (SI)
+	VHADDPS      Y3, Y2, Y0
+	VHADDPS      Y0, Y0, Y0
+	VEXTRACTF128 $0x01, Y0, X1
+	VADDPS       X1, X0, X0
+	VMULPS       X8, X0, X0
+	VMOVSS       X0, 4(AX)
+	VEXTRACTPS   $0x01, X0, 4(AX)(BX*1)
+	VMOVSD       (SI), X1
+	VMAXPS       X0, X1, X1
+	VMOVSD       X1, (SI)
+	VHADDPS      Y5, Y4, Y0
+	VHADDPS      Y0, Y0, Y0
+	VEXTRACTF128 $0x01, Y0, X1
+	VADDPS       X1, X0, X0
+	VMULPS       X8, X0, X0
+	VMOVSS       X0, 8(AX)
+	VEXTRACTPS   $0x01, X0, 8(AX)(BX*1)
+	VMOVSD       (SI), X1
+	VMAXPS       X0, X1, X1
+	VMOVSD       X1, (SI)
+	VHADDPS      Y7, Y6, Y0
+	VHADDPS      Y0, Y0, Y0
+	VEXTRACTF128 $0x01, Y0, X1
+	VADDPS       X1, X0, X0
+	VMULPS       X8, X0, X0
+	VMOVSS       X0, 12(AX)
+	VEXTRACTPS   $0x01, X0, 12(AX)(BX*1)
+	VMOVSD       (SI), X1
+	VMAXPS       X0, X1, X1
+	VMOVSD       X1, (SI)
+	MOVQ         R12, CX
+	ADDQ         $0x10, AX
+	SUBQ         $0x04, DX
+	JMP          rows
+
+row:
+	CMPQ   DX, $0x00
+	JE     done
+	LEAQ   (CX)(R9*1), CX
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	MOVQ   R9, R10
+	NEGQ   R10
+
+chunk:
+	VMOVDQU      (CX)(R10*1), Y2
+	VPSLLD       $0x10, Y2, Y2
+	VMOVUPS      1024(SP)(R10*2), Y3
+	VFMADD231PS  Y2, Y3, Y0
+	VMOVUPS      2048(SP)(R10*2), Y3
+	VFMADD231PS  Y2, Y3, Y1
+	VMOVDQU      (CX)(R10*1), Y2
+	VPAND        attn_pair_mask<>+0(SB), Y2, Y2
+	VMOVUPS      1056(SP)(R10*2), Y3
+	VFMADD231PS  Y2, Y3, Y0
+	VMOVUPS      2080(SP)(R10*2), Y3
+	VFMADD231PS  Y2, Y3, Y1
+	PREFETCHT0   (DI)
+	PREFETCHT0   (R8)
+	ADDQ         $0x20, DI
+	ADDQ         $0x20, R8
+	ADDQ         $0x20, R10
+	JNZ          chunk
+	VBROADCASTSS scale+48(FP), X2
+	VHADDPS      Y1, Y0, Y0
+	VHADDPS      Y0, Y0, Y0
+	VEXTRACTF128 $0x01, Y0, X1
+	VADDPS       X1, X0, X0
+	VMULPS       X2, X0, X0
+	VMOVSS       X0, (AX)
+	VEXTRACTPS   $0x01, X0, (AX)(BX*1)
+	VMOVSD       (SI), X1
+	VMAXPS       X0, X1, X1
+	VMOVSD       X1, (SI)
+	ADDQ         $0x04, AX
+	SUBQ         $0x01, DX
+	JMP          row
+
+done:
+	VZEROUPPER
+	RET
+
+// func scoresBF16H1(out *float32, q *float32, k *byte, n int, d int, ostride int, scale float32, mx *float32, pfA *byte, pfB *byte)
+// Requires: AVX, AVX2, FMA3, MMX+
+TEXT ·scoresBF16H1(SB), $1088-80
+	MOVQ q+8(FP), AX
+	MOVQ d+32(FP), CX
+	LEAQ 1024(SP), DX
+	MOVQ CX, BX
+	SHLQ $0x02, BX
+	SUBQ BX, DX
+	MOVQ CX, BX
+	SHRQ $0x04, BX
+
+perm0:
+	VMOVUPS (AX), Y0
+	VMOVUPS 32(AX), Y1
+	VSHUFPS $0x88, Y1, Y0, Y2
+	VSHUFPS $0xdd, Y1, Y0, Y0
+	VPERMPD $0xd8, Y2, Y2
+	VPERMPD $0xd8, Y0, Y0
+	VMOVUPS Y2, (DX)
+	VMOVUPS Y0, 32(DX)
+	ADDQ    $0x40, AX
+	ADDQ    $0x40, DX
+	DECQ    BX
+	JNZ     perm0
+	MOVQ    out+0(FP), AX
+	MOVQ    k+16(FP), CX
+	MOVQ    n+24(FP), DX
+	MOVQ    ostride+40(FP), BX
+	SHLQ    $0x02, BX
+	MOVQ    mx+56(FP), BX
+	MOVQ    pfA+64(FP), SI
+	MOVQ    pfB+72(FP), DI
+	MOVQ    d+32(FP), R8
+	SHLQ    $0x01, R8
+
+rows:
+	CMPQ   DX, $0x06
+	JL     row
+	LEAQ   (CX)(R8*1), CX
+	LEAQ   (CX)(R8*1), R9
+	LEAQ   (R9)(R8*1), R10
+	LEAQ   (R10)(R8*1), R11
+	LEAQ   (R11)(R8*1), R12
+	LEAQ   (R12)(R8*1), R13
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	VXORPS Y4, Y4, Y4
+	VXORPS Y5, Y5, Y5
+	MOVQ   R8, R14
+	NEGQ   R14
+
+chunks:
+	VMOVDQU      (CX)(R14*1), Y6
+	VPSLLD       $0x10, Y6, Y6
+	VMOVDQU      (R9)(R14*1), Y7
+	VPSLLD       $0x10, Y7, Y7
+	VMOVDQU      (R10)(R14*1), Y8
+	VPSLLD       $0x10, Y8, Y8
+	VMOVDQU      (R11)(R14*1), Y9
+	VPSLLD       $0x10, Y9, Y9
+	VMOVDQU      (R12)(R14*1), Y10
+	VPSLLD       $0x10, Y10, Y10
+	VMOVDQU      (R13)(R14*1), Y11
+	VPSLLD       $0x10, Y11, Y11
+	VMOVUPS      1024(SP)(R14*2), Y12
+	VFMADD231PS  Y6, Y12, Y0
+	VFMADD231PS  Y7, Y12, Y1
+	VFMADD231PS  Y8, Y12, Y2
+	VFMADD231PS  Y9, Y12, Y3
+	VFMADD231PS  Y10, Y12, Y4
+	VFMADD231PS  Y11, Y12, Y5
+	VMOVDQU      (CX)(R14*1), Y6
+	VPAND        attn_pair_mask<>+0(SB), Y6, Y6
+	VMOVDQU      (R9)(R14*1), Y7
+	VPAND        attn_pair_mask<>+0(SB), Y7, Y7
+	VMOVDQU      (R10)(R14*1), Y8
+	VPAND        attn_pair_mask<>+0(SB), Y8, Y8
+	VMOVDQU      (R11)(R14*1), Y9
+	VPAND        attn_pair_mask<>+0(SB), Y9, Y9
+	VMOVDQU      (R12)(R14*1), Y10
+	VPAND        attn_pair_mask<>+0(SB), Y10, Y10
+	VMOVDQU      (R13)(R14*1), Y11
+	VPAND        attn_pair_mask<>+0(SB), Y11, Y11
+	VMOVUPS      1056(SP)(R14*2), Y12
+	VFMADD231PS  Y6, Y12, Y0
+	VFMADD231PS  Y7, Y12, Y1
+	VFMADD231PS  Y8, Y12, Y2
+	VFMADD231PS  Y9, Y12, Y3
+	VFMADD231PS  Y10, Y12, Y4
+	VFMADD231PS  Y11, Y12, Y5
+	PREFETCHT0   (SI)
+	PREFETCHT0   (DI)
+	PREFETCHT0   64(SI)
+	PREFETCHT0   64(DI)
+	PREFETCHT0   128(SI)
+	PREFETCHT0   128(DI)
+	PREFETCHT0   160(SI)
+	PREFETCHT0   160(DI)
+	ADDQ         $0xc0, SI
+	ADDQ         $0xc0, DI
+	ADDQ         $0x20, R14
+	JNZ          chunks
+	VBROADCASTSS scale+48(FP), X6
+	VHADDPS      Y0, Y0, Y0
+	VHADDPS      Y0, Y0, Y0
+	VEXTRACTF128 $0x01, Y0, X7
+	VADDPS       X7, X0, X0
+	VMULPS       X6, X0, X0
+	VMOVSS       X0, (AX)
+	VMOVSS       (BX), X7
+	VMAXSS       X0, X7, X7
+	VMOVSS       X7, (BX)
+	VHADDPS      Y1, Y1, Y0
+	VHADDPS      Y0, Y0, Y0
+	VEXTRACTF128 $0x01, Y0, X1
+	VADDPS       X1, X0, X0
+	VMULPS       X6, X0, X0
+	VMOVSS       X0, 4(AX)
+	VMOVSS       (BX), X1
+	VMAXSS       X0, X1, X1
+	VMOVSS       X1, (BX)
+	VHADDPS      Y2, Y2, Y0
+	VHADDPS      Y0, Y0, Y0
+	VEXTRACTF128 $0x01, Y0, X1
+	VADDPS       X1, X0, X0
+	VMULPS       X6, X0, X0
+	VMOVSS       X0, 8(AX)
+	VMOVSS       (BX), X1
+	VMAXSS       X0, X1, X1
+	VMOVSS       X1, (BX)
+	VHADDPS      Y3, Y3, Y0
+	VHADDPS      Y0, Y0, Y0
+	VEXTRACTF128 $0x01, Y0, X1
+	VADDPS       X1, X0, X0
+	VMULPS       X6, X0, X0
+	VMOVSS       X0, 12(AX)
+	VMOVSS       (BX), X1
+	VMAXSS       X0, X1, X1
+	VMOVSS       X1, (BX)
+	VHADDPS      Y4, Y4, Y0
+	VHADDPS      Y0, Y0, Y0
+	VEXTRACTF128 $0x01, Y0, X1
+	VADDPS       X1, X0, X0
+	VMULPS       X6, X0, X0
+	VMOVSS       X0, 16(AX)
+	VMOVSS       (BX), X1
+	VMAXSS       X0, X1, X1
+	VMOVSS       X1, (BX)
+	VHADDPS      Y5, Y5, Y0
+	VHADDPS      Y0, Y0, Y0
+	VEXTRACTF128 $0x01, Y0, X1
+	VADDPS       X1, X0, X0
+	VMULPS       X6, X0, X0
+	VMOVSS       X0, 20(AX)
+	VMOVSS       (BX), X1
+	VMAXSS       X0, X1, X1
+	VMOVSS       X1, (BX)
+	MOVQ         R13, CX
+	ADDQ         $0x18, AX
+	SUBQ         $0x06, DX
+	JMP          rows
+
+row:
+	CMPQ   DX, $0x00
+	JE     done
+	LEAQ   (CX)(R8*1), CX
+	VXORPS Y0, Y0, Y0
+	MOVQ   R8, R9
+	NEGQ   R9
+
+chunk:
+	VMOVDQU      (CX)(R9*1), Y1
+	VPSLLD       $0x10, Y1, Y1
+	VMOVUPS      1024(SP)(R9*2), Y2
+	VFMADD231PS  Y1, Y2, Y0
+	VMOVDQU      (CX)(R9*1), Y1
+	VPAND        attn_pair_mask<>+0(SB), Y1, Y1
+	VMOVUPS      1056(SP)(R9*2), Y2
+	VFMADD231PS  Y1, Y2, Y0
+	PREFETCHT0   (SI)
+	PREFETCHT0   (DI)
+	ADDQ         $0x20, SI
+	ADDQ         $0x20, DI
+	ADDQ         $0x20, R9
+	JNZ          chunk
+	VBROADCASTSS scale+48(FP), X1
+	VHADDPS      Y0, Y0, Y0
+	VHADDPS      Y0, Y0, Y0
+	VEXTRACTF128 $0x01, Y0, X2
+	VADDPS       X2, X0, X0
+	VMULPS       X1, X0, X0
+	VMOVSS       X0, (AX)
+	VMOVSS       (BX), X1
+	VMAXSS       X0, X1, X1
+	VMOVSS       X1, (BX)
+	ADDQ         $0x04, AX
+	SUBQ         $0x01, DX
 	JMP          row
 
 done:

@@ -63,7 +63,7 @@ func (s kernelShape) String() string {
 func kernelShapes(r *rand.Rand) []kernelShape {
 	var shapes []kernelShape
 	for _, nh := range []int{1, 2, 3, 4, 5, 8, 13} {
-		for _, d := range []int{8, 16, 24, 32, 64, 128, 20} {
+		for _, d := range []int{8, 16, 24, 32, 64, 128, 20, 256, 272} {
 			for _, n := range []int{0, 1, 2, 3, 5, 7, 8, 16, 31, 33, 64} {
 				shapes = append(shapes, kernelShape{nh, n, d, n + r.IntN(4)})
 			}
@@ -123,7 +123,7 @@ func (c *kernelCase) checkUntouched(t *testing.T, what string, out []float32) {
 // run computes the four page kernels of ks on c.
 func (c *kernelCase) run(ks *kernels) (sb, sf, ab, af []float32) {
 	sb, sf = c.newOut(), c.newOut()
-	ks.scoresBF16(sb, c.q, c.kb, c.nh, c.n, c.d, c.stride, c.scale)
+	ks.scoresBF16(sb, c.q, c.kb, c.nh, c.n, c.d, c.stride, c.scale, nil, nil, nil)
 	ks.scoresF32(sf, c.q, c.kf, c.nh, c.n, c.d, c.stride, c.scale)
 	ab = append([]float32(nil), c.acc0...)
 	af = append([]float32(nil), c.acc0...)
@@ -209,6 +209,39 @@ func TestKernelsVectorMatchesGo(t *testing.T) {
 	}
 }
 
+// TestKernelsScoresMax checks the row maxima scoresBF16 reports and that
+// neither they nor the prefetch hints (one long enough, one too short)
+// change the scores.
+func TestKernelsScoresMax(t *testing.T) {
+	r := kernelRand(t)
+	for _, ks := range testKernelSets(t) {
+		for _, s := range kernelShapes(r) {
+			if s.n == 0 {
+				continue
+			}
+			c := newKernelCase(r, s)
+			want, _, _, _ := c.run(ks)
+			got := c.newOut()
+			mx := make([]float32, c.nh+1)
+			mx[c.nh] = sentinel
+			ks.scoresBF16(got, c.q, c.kb, c.nh, c.n, c.d, c.stride, c.scale, mx, c.vb, c.kb[:len(c.kb)/2])
+			for i := range got {
+				if got[i] != want[i] {
+					t.Fatalf("%s %v: scores with mx and pf differ at %d: %v, %v", ks.name, s, i, got[i], want[i])
+				}
+			}
+			for h := range c.nh {
+				if m := maxF32Go(got[h*c.stride : h*c.stride+c.n]); mx[h] != m {
+					t.Fatalf("%s %v: mx[%d] = %v, want %v", ks.name, s, h, mx[h], m)
+				}
+			}
+			if mx[c.nh] != sentinel {
+				t.Fatalf("%s %v: mx written past nh", ks.name, s)
+			}
+		}
+	}
+}
+
 // TestKernelsShortSlices checks that the vector wrappers panic on slices
 // shorter than the shape instead of reaching past them.
 func TestKernelsShortSlices(t *testing.T) {
@@ -218,7 +251,7 @@ func TestKernelsShortSlices(t *testing.T) {
 	r := kernelRand(t)
 	c := newKernelCase(r, kernelShape{nh: 4, n: 9, d: 32, stride: 9})
 	for name, f := range map[string]func(){
-		"scoresBF16 k": func() { vecKernels.scoresBF16(c.newOut(), c.q, c.kb[:len(c.kb)-1], 4, 9, 32, 9, 1) },
+		"scoresBF16 k": func() { vecKernels.scoresBF16(c.newOut(), c.q, c.kb[:len(c.kb)-1], 4, 9, 32, 9, 1, nil, nil, nil) },
 		"scoresF32 q":  func() { vecKernels.scoresF32(c.newOut(), c.q[:len(c.q)-1], c.kf, 4, 9, 32, 9, 1) },
 		"scoresF32 o":  func() { vecKernels.scoresF32(c.newOut()[:3*9+8], c.q, c.kf, 4, 9, 32, 9, 1) },
 		"accumBF16 v":  func() { vecKernels.accumBF16(make([]float32, 4*32), c.p, c.vb[:len(c.vb)-1], 4, 9, 32, 9) },
@@ -369,7 +402,7 @@ func BenchmarkKernels(b *testing.B) {
 		b.Run(ks.name+"/scoresBF16", func(b *testing.B) {
 			b.SetBytes(int64(len(kb)))
 			for b.Loop() {
-				ks.scoresBF16(out, q, kb, nh, n, d, n, 0.125)
+				ks.scoresBF16(out, q, kb, nh, n, d, n, 0.125, nil, nil, nil)
 			}
 		})
 		b.Run(ks.name+"/accumBF16", func(b *testing.B) {

@@ -20,9 +20,18 @@ import (
 
 func main() {
 	consts := expConstants()
+	pairMask = GLOBL("attn_pair_mask", RODATA|NOPTR)
+	for i := range 8 {
+		DATA(4*i, U32(0xffff0000))
+	}
 	for _, bf16 := range []bool{true, false} {
 		for _, c := range []struct{ heads, rows int }{{4, 2}, {2, 2}, {1, 4}} {
 			scores(bf16, c.heads, c.rows)
+		}
+		if bf16 {
+			for _, c := range []struct{ heads, rows int }{{4, 3}, {2, 4}, {1, 6}} {
+				scoresPair(c.heads, c.rows)
+			}
 		}
 		for _, c := range []struct {
 			heads  int
@@ -187,6 +196,10 @@ func hsum(a []VecVirtual) VecVirtual {
 // positive multiple of 8 and n positive.
 func scores(bf16 bool, heads, rows int) {
 	name := fmt.Sprintf("scores%sH%d", typeName(bf16), heads)
+	if bf16 {
+		// The shapes scoresPair does not take.
+		name = fmt.Sprintf("scoresBF16NarrowH%d", heads)
+	}
 	ktype := "*float32"
 	if bf16 {
 		ktype = "*byte"
@@ -304,6 +317,198 @@ func scores(bf16 bool, heads, rows int) {
 	VZEROUPPER()
 	RET()
 }
+
+// pairMaxD is the largest d scoresPair takes: its permuted copy of q
+// lives in a fixed stack frame of pairMaxD floats per head.
+const pairMaxD = 256
+
+// scoresPair generates scoresBF16H<heads>(out, q, k, n, d, ostride, scale,
+// mx, pfA, pfB), the bf16 scores for d a multiple of 16 up to pairMaxD.
+// It converts 16 bf16 of a key row at a time with one 32-byte load: the
+// dword j holds elements 2j (low half) and 2j+1 (high half), so a left
+// shift by 16 gives the even channels as float32 and a mask of the high
+// halves the odd ones. q is copied once per call into a stack buffer in
+// the same even/odd order. rows key rows are taken at a time (then one at
+// a time), heads*rows accumulators. It also keeps mx[h] = max(mx[h],
+// out[h*ostride+t]). With each 32 bytes of a block's key rows it reads, it
+// issues PREFETCHT0 for the matching lines of pfA and of pfB (n*2*d bytes
+// each; in decode this page's V rows and the next page's K rows), so that
+// they are asked for a few lines at a time, spread evenly over the call: a
+// whole page asked for at once stalls the core.
+func scoresPair(heads, rows int) {
+	name := fmt.Sprintf("scoresBF16H%d", heads)
+	TEXT(name, 0, "func(out, q *float32, k *byte, n, d, ostride int, scale float32, mx *float32, pfA, pfB *byte)")
+	Doc(fmt.Sprintf("%s sets out[h*ostride+t] = scale * Σ_{c<d} q[h*d+c]*K(t,c)", name),
+		fmt.Sprintf("and mx[h] = max(mx[h], out[h*ostride+t]) for h < %d, t < n; n > 0,", heads),
+		fmt.Sprintf("d > 0, d%%16 == 0 and d <= %d. It also prefetches n*2*d bytes at pfA and pfB.", pairMaxD))
+	slot := 4 * pairMaxD
+	// 64 bytes more than the copy: the loads below address it from the
+	// end of each slot with a negative index, and go vet reads a
+	// displacement at or past the frame size as an argument.
+	qbuf := AllocLocal(heads*slot + 64)
+
+	// Copy q, head h to the end of slot h, each 16 floats as the 8 even
+	// then the 8 odd ones.
+	{
+		q := Load(Param("q"), GP64())
+		d := Load(Param("d"), GP64())
+		dst := GP64()
+		cnt := GP64()
+		for h := range heads {
+			// dst = &qbuf[h*slot + slot - 4*d]
+			LEAQ(qbuf.Offset((h+1)*slot), dst)
+			MOVQ(d, cnt)
+			SHLQ(U8(2), cnt)
+			SUBQ(cnt, dst)
+			MOVQ(d, cnt)
+			SHRQ(U8(4), cnt)
+			lbl := fmt.Sprintf("perm%d", h)
+			Label(lbl)
+			a, b, e, o := YMM(), YMM(), YMM(), YMM()
+			VMOVUPS(Mem{Base: q}, a)
+			VMOVUPS(Mem{Base: q, Disp: 32}, b)
+			VSHUFPS(U8(0x88), b, a, e)
+			VSHUFPS(U8(0xdd), b, a, o)
+			VPERMPD(U8(0xd8), e, e)
+			VPERMPD(U8(0xd8), o, o)
+			VMOVUPS(e, Mem{Base: dst})
+			VMOVUPS(o, Mem{Base: dst, Disp: 32})
+			ADDQ(U8(64), q)
+			ADDQ(U8(64), dst)
+			DECQ(cnt)
+			JNZ(LabelRef(lbl))
+		}
+	}
+
+	out := Load(Param("out"), GP64())
+	kcur := Load(Param("k"), GP64())
+	n := Load(Param("n"), GP64())
+	os := Load(Param("ostride"), GP64())
+	SHLQ(U8(2), os)
+	var os3 Register
+	if heads == 4 {
+		os3 = GP64()
+		LEAQ(Mem{Base: os, Index: os, Scale: 2}, os3)
+	}
+	mx := Load(Param("mx"), GP64())
+	pfA := Load(Param("pfA"), GP64())
+	pfB := Load(Param("pfB"), GP64())
+	rowBytes := Load(Param("d"), GP64())
+	SHLQ(U8(1), rowBytes)
+	mask := mkMask()
+
+	block := func(r int, loop string) {
+		kr := make([]GPVirtual, r)
+		for j := range kr {
+			kr[j] = GP64()
+			if j == 0 {
+				LEAQ(Mem{Base: kcur, Index: rowBytes, Scale: 1}, kr[j])
+			} else {
+				LEAQ(Mem{Base: kr[j-1], Index: rowBytes, Scale: 1}, kr[j])
+			}
+		}
+		acc := make([][]VecVirtual, r)
+		for j := range acc {
+			acc[j] = make([]VecVirtual, heads)
+			for h := range acc[j] {
+				acc[j][h] = YMM()
+				VXORPS(acc[j][h], acc[j][h], acc[j][h])
+			}
+		}
+		i := GP64()
+		MOVQ(rowBytes, i)
+		NEGQ(i)
+		Label(loop)
+		for half := range 2 {
+			kv := make([]VecVirtual, r)
+			for j := range kv {
+				kv[j] = YMM()
+				VMOVDQU(Mem{Base: kr[j], Index: i, Scale: 1}, kv[j])
+				if half == 0 {
+					VPSLLD(U8(16), kv[j], kv[j])
+				} else {
+					VPAND(mask, kv[j], kv[j])
+				}
+			}
+			for h := range heads {
+				qv := YMM()
+				// q of head h, 16 channels at K byte offset i: 64 bytes
+				// per 32 of K, from the end of slot h.
+				VMOVUPS(Mem{Base: StackPointer, Disp: qbuf.Disp + (h+1)*slot + 32*half, Index: i, Scale: 2}, qv)
+				for j := range kv {
+					VFMADD231PS(kv[j], qv, acc[j][h])
+				}
+			}
+		}
+		// Ask for the lines of pfA and pfB that match the 32*r bytes of
+		// key rows just read: every other 32-byte chunk and the last one
+		// cover each 64-byte line of them.
+		for c := 0; c < r; c++ {
+			if c%2 == 0 || c == r-1 {
+				PREFETCHT0(Mem{Base: pfA, Disp: 32 * c})
+				PREFETCHT0(Mem{Base: pfB, Disp: 32 * c})
+			}
+		}
+		ADDQ(U8(32*r), pfA)
+		ADDQ(U8(32*r), pfB)
+		ADDQ(U8(32), i)
+		JNZ(LabelRef(loop))
+
+		scale := XMM()
+		VBROADCASTSS(addr(Param("scale")), scale)
+		for j := range acc {
+			s := hsum(acc[j])
+			VMULPS(scale, s, s)
+			for h := range heads {
+				m := headMem(out, os, os3, h, 4*j)
+				if h == 0 {
+					VMOVSS(s, m)
+				} else {
+					VEXTRACTPS(U8(h), s, m)
+				}
+			}
+			m := XMM()
+			switch heads {
+			case 4:
+				VMOVUPS(Mem{Base: mx}, m)
+				VMAXPS(s, m, m)
+				VMOVUPS(m, Mem{Base: mx})
+			case 2:
+				VMOVSD(Mem{Base: mx}, m)
+				VMAXPS(s, m, m)
+				VMOVSD(m, Mem{Base: mx})
+			case 1:
+				VMOVSS(Mem{Base: mx}, m)
+				VMAXSS(s, m, m)
+				VMOVSS(m, Mem{Base: mx})
+			}
+		}
+		MOVQ(kr[r-1], kcur)
+		ADDQ(U8(4*r), out)
+		SUBQ(U8(r), n)
+	}
+
+	Label("rows")
+	CMPQ(n, U8(rows))
+	JL(LabelRef("row"))
+	block(rows, "chunks")
+	JMP(LabelRef("rows"))
+	Label("row")
+	CMPQ(n, U8(0))
+	JE(LabelRef("done"))
+	block(1, "chunk")
+	JMP(LabelRef("row"))
+
+	Label("done")
+	VZEROUPPER()
+	RET()
+}
+
+// pairMask is the memory operand of 8 dwords 0xffff0000: the high bf16 of
+// each dword as a float32.
+var pairMask Mem
+
+func mkMask() Mem { return pairMask }
 
 // accum generates accum<T>H<heads>(acc, p, v, n, d, pstride): for h <
 // heads, c < d, acc[h*d+c] += Σ_{t<n} p[h*pstride+t]*V(t,c). The channels
