@@ -1,9 +1,12 @@
-// Package gpu is reserved for kvflow's GPU support: CUDA through
-// gorgonia.org/cu behind the build tag `cuda` (a device tier and a decode
-// kernel), and GPU discovery through github.com/NVIDIA/go-nvml, which loads
-// the driver library at run time and reports "no GPU" cleanly.
+// Package gpu is kvflow's GPU support.
 //
-// Nothing is implemented here yet: kvflow runs on the CPU, and a pipeline
-// file that asks for a GPU tier is rejected by validation (only the "host"
-// tier exists).
+// Discovery (Discover) asks NVIDIA's NVML through github.com/NVIDIA/go-nvml,
+// which loads the driver's libnvidia-ml.so.1 at run time: a machine without
+// the driver gets Info.Absent ("no GPU: ...") rather than an error or an
+// exit, so every build of kvflow includes it (it needs cgo, not CUDA).
+//
+// The CUDA side (a device memory tier and a decode attention kernel, through
+// gorgonia.org/cu) is behind the build tag `cuda`: cu initialises the driver
+// in its package init and exits the process when there is no GPU, so the
+// default flow binary must not import it.
 package gpu
