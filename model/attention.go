@@ -20,7 +20,7 @@ type Attention struct {
 	cfg    Config
 	w      *LayerWeights
 	rope   rope
-	kernel *Kernel
+	kernel Attender
 	pool   sync.Pool // of *scratch
 }
 
@@ -72,13 +72,28 @@ func NewAttentionWith(cfg Config, w *LayerWeights, opts Options) (*Attention, er
 // Config returns the layer's geometry.
 func (a *Attention) Config() Config { return a.cfg }
 
-// Kernel returns the layer's attention kernel.
-func (a *Attention) Kernel() *Kernel { return a.kernel }
+// Attender computes attention over paged K/V for a batch of queries: what
+// Kernel does on the CPU, and what a GPU implementation does on a device.
+type Attender interface {
+	Attend(qs ...Query) error
+}
+
+// Kernel returns the layer's attention kernel, or nil when it attends
+// through another Attender (WithAttender).
+func (a *Attention) Kernel() *Kernel {
+	k, _ := a.kernel.(*Kernel)
+	return k
+}
 
 // WithKernel returns the layer with its attention computed by k, sharing
 // a's weights. k must have the layer's geometry.
-func (a *Attention) WithKernel(k *Kernel) *Attention {
-	b := &Attention{cfg: a.cfg, w: a.w, rope: a.rope, kernel: k}
+func (a *Attention) WithKernel(k *Kernel) *Attention { return a.WithAttender(k) }
+
+// WithAttender returns the layer with its attention computed by at (a GPU
+// kernel, say), sharing a's weights. Queries given to at follow Kernel's
+// contract.
+func (a *Attention) WithAttender(at Attender) *Attention {
+	b := &Attention{cfg: a.cfg, w: a.w, rope: a.rope, kernel: at}
 	b.pool.New = func() any { return new(scratch) }
 	return b
 }
@@ -132,7 +147,14 @@ func (a *Attention) Forward(x []float32, pos [3][]int64, kv *PagedKV, start int,
 	a.project(s, x, pos, n)
 	a.store(s, kv, start, n)
 	s.ctx = resize(s.ctx, n*c.QueryDim())
-	if err := a.kernel.Attend(Query{Q: s.q, KV: kv, Start: start, Out: s.ctx}); err != nil {
+	q := Query{Q: s.q, KV: kv, Start: start, Out: s.ctx}
+	var err error
+	if k, ok := a.kernel.(*Kernel); ok {
+		err = k.Attend(q) // a direct call: its argument stays on the stack
+	} else {
+		err = a.kernel.Attend(q)
+	}
+	if err != nil {
 		return fmt.Errorf("Forward: %w", err)
 	}
 	linear(out, s.ctx, a.w.O, n, c.QueryDim(), c.HiddenSize)

@@ -245,6 +245,20 @@ func (f *Fixture) VerifyWith(dtype DType, blockTokens int, opts Options) (*Verif
 	if err != nil {
 		return nil, fmt.Errorf("verify %s: %w", f.Name, err)
 	}
+	return f.verify(att, dtype, blockTokens)
+}
+
+// VerifyAttender is Verify with attention computed by at (built for the
+// fixture's Config), a GPU kernel for instance.
+func (f *Fixture) VerifyAttender(dtype DType, blockTokens int, at Attender) (*VerifyResult, error) {
+	att, err := NewAttention(f.Config, f.Weights)
+	if err != nil {
+		return nil, fmt.Errorf("verify %s: %w", f.Name, err)
+	}
+	return f.verify(att.WithAttender(at), dtype, blockTokens)
+}
+
+func (f *Fixture) verify(att *Attention, dtype DType, blockTokens int) (*VerifyResult, error) {
 	kv := NewPagedKV(f.Config, dtype, blockTokens)
 	S := f.Prefill.Tokens()
 	total := S + len(f.Decode)
