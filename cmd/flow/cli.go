@@ -23,6 +23,7 @@ const usage = `usage:
                [--sweep NAME=V1,V2,... [--sweep-out DIR]]
   flow validate FILE [--var name=value]...
   flow verify [--block-tokens N] [--dtype f32|bf16] [--tolerance X] [--threads N] FIXTURE...
+  flow hwinfo [--json] [--profile NAME] [--model PRESET] [--measure]
   flow version
 `
 
@@ -40,6 +41,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return validateCmd(rest, stdout, stderr)
 	case "verify":
 		return verifyCmd(rest, stdout, stderr)
+	case "hwinfo":
+		return hwinfoCmd(ctx, rest, stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, versionString())
 		return exitOK

@@ -1,0 +1,178 @@
+// Decode attention over paged bf16 K/V (flash-decoding): kvflow's GPU
+// kernel. Compiled to PTX by nvcc (go generate ./gpu) and loaded through the
+// driver API by gpu.Decoder.
+//
+// Page layout, as on the CPU: a K (or V) page is [kv_heads][block][D] bf16.
+// Inputs of one launch, for a batch of B sequences, one decode token each:
+//   q      [B][H][D] float32, after q_norm and rotary
+//   kpages [B][max_pages] device addresses of each sequence's K pages
+//   vpages [B][max_pages] the same for V
+//   lens   [B] tokens each query sees (its context, itself included)
+// decode_split computes, for each (sequence b, KV head g, split s), the
+// online-softmax partials of the G = H/KVH query heads of g over split s's
+// pages; decode_merge combines the splits into out [B][H][D].
+//
+// Every parameter is 8 bytes (pointers and long long): gorgonia.org/cu
+// copies 8 bytes per kernel argument.
+
+#include <cuda_bf16.h>
+
+#define WARPS 4
+#define UNROLL 4
+
+__device__ __forceinline__ float bf16_lo(unsigned int w) { return __uint_as_float(w << 16); }
+__device__ __forceinline__ float bf16_hi(unsigned int w) { return __uint_as_float(w & 0xffff0000u); }
+
+// loadRow reads this lane's D/32 channels of a bf16 row into f.
+template <int D>
+__device__ __forceinline__ void loadRow(const unsigned short* row, int lane, float* f) {
+	if (D == 128) {
+		uint2 w = *reinterpret_cast<const uint2*>(row + lane * 4);
+		f[0] = bf16_lo(w.x); f[1] = bf16_hi(w.x); f[2] = bf16_lo(w.y); f[3] = bf16_hi(w.y);
+	} else if (D == 64) {
+		unsigned int w = *reinterpret_cast<const unsigned int*>(row + lane * 2);
+		f[0] = bf16_lo(w); f[1] = bf16_hi(w);
+	} else { // D == 32
+		f[0] = __uint_as_float(((unsigned int)row[lane]) << 16);
+	}
+}
+
+template <int D, int G>
+__device__ void decode_split(const float* __restrict__ q, const unsigned long long* __restrict__ kpages,
+                             const unsigned long long* __restrict__ vpages, const long long* __restrict__ lens,
+                             float* __restrict__ pm, float* __restrict__ pl, float* __restrict__ pacc,
+                             long long kvh, long long block, long long maxPages, long long splits) {
+	constexpr int C = D / 32; // channels per lane
+	const int s = blockIdx.x, g = blockIdx.y, b = blockIdx.z;
+	const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+	const int H = (int)kvh * G;
+	const long long len = lens[b];
+	const long long pages = (len + block - 1) / block;
+	const long long chunk = (pages + splits - 1) / splits;
+	const long long p0 = s * chunk, p1 = min(pages, p0 + chunk);
+	const long long t0 = p0 * block, t1 = min(len, p1 * block);
+	const float scale = rsqrtf((float)D);
+
+	float qr[G][C], acc[G][C], m[G], l[G];
+	for (int h = 0; h < G; h++) {
+		const float* qh = q + ((long long)b * H + g * G + h) * D + lane * C;
+		for (int c = 0; c < C; c++) { qr[h][c] = qh[c] * scale; acc[h][c] = 0.f; }
+		m[h] = -INFINITY; l[h] = 0.f;
+	}
+	const unsigned long long* kp = kpages + b * maxPages;
+	const unsigned long long* vp = vpages + b * maxPages;
+	const long long headOff = (long long)g * block * D; // elements
+
+	// Warp w takes tokens t0 + w*UNROLL + k*WARPS*UNROLL ... in groups of UNROLL.
+	for (long long base = t0 + warp * UNROLL; base < t1; base += WARPS * UNROLL) {
+		float kf[UNROLL][C], vf[UNROLL][C];
+#pragma unroll
+		for (int u = 0; u < UNROLL; u++) {
+			long long t = base + u;
+			if (t >= t1) t = t0; // any valid row; its weight is zeroed below
+			long long page = t / block, slot = t % block;
+			const unsigned short* kr = reinterpret_cast<const unsigned short*>(kp[page]) + headOff + slot * D;
+			const unsigned short* vr = reinterpret_cast<const unsigned short*>(vp[page]) + headOff + slot * D;
+			loadRow<D>(kr, lane, kf[u]);
+			loadRow<D>(vr, lane, vf[u]);
+		}
+#pragma unroll
+		for (int h = 0; h < G; h++) {
+			float sc[UNROLL];
+			float mx = m[h];
+#pragma unroll
+			for (int u = 0; u < UNROLL; u++) {
+				float d = 0.f;
+#pragma unroll
+				for (int c = 0; c < C; c++) d += qr[h][c] * kf[u][c];
+#pragma unroll
+				for (int o = 16; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+				sc[u] = (base + u < t1) ? d : -INFINITY;
+				mx = fmaxf(mx, sc[u]);
+			}
+			const float corr = __expf(m[h] - mx); // 0 when m was -inf
+			l[h] *= corr;
+#pragma unroll
+			for (int c = 0; c < C; c++) acc[h][c] *= corr;
+			m[h] = mx;
+#pragma unroll
+			for (int u = 0; u < UNROLL; u++) {
+				const float p = __expf(sc[u] - mx);
+				l[h] += p;
+#pragma unroll
+				for (int c = 0; c < C; c++) acc[h][c] += p * vf[u][c];
+			}
+		}
+	}
+
+	// Combine the warps' partials in shared memory, then write split s's.
+	__shared__ float sm[WARPS][G], sl[WARPS][G], sacc[WARPS][G][D];
+	for (int h = 0; h < G; h++) {
+		if (lane == 0) { sm[warp][h] = m[h]; sl[warp][h] = l[h]; }
+		for (int c = 0; c < C; c++) sacc[warp][h][lane * C + c] = acc[h][c];
+	}
+	__syncthreads();
+	const long long slot0 = (((long long)b * kvh + g) * splits + s) * G;
+	for (int i = threadIdx.x; i < G * D; i += WARPS * 32) {
+		const int h = i / D, c = i % D;
+		float M = -INFINITY;
+		for (int w = 0; w < WARPS; w++) M = fmaxf(M, sm[w][h]);
+		float L = 0.f, A = 0.f;
+		if (M != -INFINITY) {
+			for (int w = 0; w < WARPS; w++) {
+				const float e = __expf(sm[w][h] - M);
+				L += sl[w][h] * e;
+				A += sacc[w][h][c] * e;
+			}
+		}
+		pacc[(slot0 + h) * D + c] = A;
+		if (c == 0) { pm[slot0 + h] = M; pl[slot0 + h] = L; }
+	}
+}
+
+// decode_merge: one block per (b, query head); threads over D.
+template <int D, int G>
+__device__ void decode_merge(const float* __restrict__ pm, const float* __restrict__ pl, const float* __restrict__ pacc,
+                             float* __restrict__ out, long long kvh, long long splits) {
+	const int h = blockIdx.x, b = blockIdx.y;
+	const int g = h / G, r = h % G;
+	const int H = (int)kvh * G;
+	const long long first = (((long long)b * kvh + g) * splits) * G + r; // slot of split 0, stride G
+	float M = -INFINITY;
+	for (long long s = 0; s < splits; s++) M = fmaxf(M, pm[first + s * G]);
+	for (int c = threadIdx.x; c < D; c += blockDim.x) {
+		float L = 0.f, A = 0.f;
+		for (long long s = 0; s < splits; s++) {
+			const long long slot = first + s * G;
+			if (pl[slot] == 0.f) continue;
+			const float e = __expf(pm[slot] - M);
+			L += pl[slot] * e;
+			A += pacc[slot * D + c] * e;
+		}
+		out[((long long)b * H + h) * D + c] = A / L;
+	}
+}
+
+#define VARIANT(D, G)                                                                                            \
+	extern "C" __global__ void __launch_bounds__(WARPS * 32) decode_split_d##D##_g##G(                             \
+	    const float* q, const unsigned long long* kpages, const unsigned long long* vpages, const long long* lens,   \
+	    float* pm, float* pl, float* pacc, long long kvh, long long block, long long maxPages, long long splits) { \
+		decode_split<D, G>(q, kpages, vpages, lens, pm, pl, pacc, kvh, block, maxPages, splits);                 \
+	}                                                                                                            \
+	extern "C" __global__ void decode_merge_d##D##_g##G(const float* pm, const float* pl, const float* pacc,        \
+	                                                     float* out, long long kvh, long long splits) {            \
+		decode_merge<D, G>(pm, pl, pacc, out, kvh, splits);                                                      \
+	}
+
+VARIANT(128, 1)
+VARIANT(128, 2)
+VARIANT(128, 4)
+VARIANT(128, 8)
+VARIANT(64, 1)
+VARIANT(64, 2)
+VARIANT(64, 4)
+VARIANT(64, 8)
+VARIANT(32, 1)
+VARIANT(32, 2)
+VARIANT(32, 4)
+VARIANT(32, 8)
