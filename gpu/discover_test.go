@@ -41,7 +41,14 @@ func TestDiscoverWithoutDriver(t *testing.T) {
 func TestDiscoverHere(t *testing.T) {
 	info := Discover()
 	if len(info.Devices) > 0 {
-		t.Skipf("this machine has %d GPUs", len(info.Devices))
+		for _, d := range info.Devices {
+			t.Logf("GPU %d: %s, SM %s, %.1f GiB, PCIe gen%d x%d (max gen%d x%d); driver %s, CUDA %s",
+				d.Index, d.Name, d.SM(), float64(d.MemoryBytes)/(1<<30), d.PCIeGen, d.PCIeWidth, d.PCIeMaxGen, d.PCIeMaxWidth, info.Driver, info.CUDA)
+			if d.Name == "" || d.MemoryBytes == 0 || d.ComputeMajor == 0 {
+				t.Errorf("device %d incompletely described: %+v", d.Index, d)
+			}
+		}
+		return
 	}
 	if !strings.HasPrefix(info.Absent, "no GPU") {
 		t.Fatalf("no devices and no reason: %+v", info)

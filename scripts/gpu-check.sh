@@ -18,17 +18,17 @@ export CGO_CFLAGS="${CGO_CFLAGS:--O2 -g} -Wno-deprecated-declarations"
 build() {
   mkdir -p "$out"
   (cd gpu && go generate ./)                       # nvcc: kernels/decode.cu -> decode.ptx
-  go test -tags cuda -c -o "$out/gpu.test" ./gpu
-  go test -tags cuda -c -o "$out/devicetest.test" ./storage/devicetest
-  go build -ldflags "-s -w" -o "$out/flow" ./cmd/flow   # the default build: hwinfo through NVML
+  # Stripped: the device machine takes at most 64 MiB of tree and binaries.
+  go test -tags cuda -ldflags "-s -w" -c -o "$out/gpu.test" ./gpu
+  go test -tags cuda -ldflags "-s -w" -c -o "$out/devicetest.test" ./storage/devicetest
   echo "built: $(ls "$out" | tr '\n' ' ')"
 }
 
 run() {
   local log="$out/run.log"
   : > "$log"
-  echo "== flow hwinfo" | tee -a "$log"
-  "$out/flow" hwinfo 2>&1 | tee -a "$log" || true
+  echo "== discovery (NVML)" | tee -a "$log"
+  (cd gpu && "../$out/gpu.test" -test.v -test.run 'TestDiscoverHere' 2>&1) | tee -a "$log" | grep -E 'discover_test|GPU' || true
   echo "== gpu tests" | tee -a "$log"
   (cd gpu && "../$out/gpu.test" -test.v -test.count=1 -test.run . 2>&1) | tee -a "$log" | grep -E '^(=== RUN|--- |PASS|FAIL|ok)|GPU vs|errors vs' || true
   echo "== device tier tests" | tee -a "$log"
