@@ -33,7 +33,7 @@ func (f *File) check(file hcl.Range) hcl.Diagnostics {
 	if f.Cache == nil {
 		diags = append(diags, errorAt(start, "Missing cache block", `A pipeline needs a cache block with block_tokens and a tier "host".`))
 	} else {
-		diags = append(diags, f.Cache.check()...)
+		diags = append(diags, f.Cache.check(f.Hardware != nil)...)
 	}
 	if len(f.Stages) == 0 {
 		diags = append(diags, errorAt(AttrRange(f.Body, "stages", start), "Empty stages", "stages lists no stage; leave it out for the default chain."))
@@ -68,9 +68,19 @@ func (f *File) check(file hcl.Range) hcl.Diagnostics {
 	return diags
 }
 
-func (c *Cache) check() hcl.Diagnostics {
+// check validates the cache block; with a hardware block, block_tokens and
+// the host tier's capacity may be left for it to derive.
+func (c *Cache) check(hardware bool) hcl.Diagnostics {
 	var diags hcl.Diagnostics
-	if c.BlockTokens < 1 || c.BlockTokens > MaxBlockTokens {
+	if c.BlockTokens == 0 && !hardware {
+		if _, set := attrSet(c.Body, "block_tokens"); !set {
+			diags = append(diags, errorAt(c.DeclRange, "Missing block_tokens",
+				"The cache needs block_tokens (tokens per page), or a hardware block to derive it: hardware { profile = \"auto\" }."))
+		} else {
+			diags = append(diags, errorAt(AttrRange(c.Body, "block_tokens", c.DeclRange), "Invalid block_tokens",
+				fmt.Sprintf("block_tokens = %d: must be between 1 and %d.", c.BlockTokens, MaxBlockTokens)))
+		}
+	} else if _, set := attrSet(c.Body, "block_tokens"); set && (c.BlockTokens < 1 || c.BlockTokens > MaxBlockTokens) {
 		diags = append(diags, errorAt(AttrRange(c.Body, "block_tokens", c.DeclRange), "Invalid block_tokens",
 			fmt.Sprintf("block_tokens = %d: must be between 1 and %d.", c.BlockTokens, MaxBlockTokens)))
 	}
@@ -96,6 +106,19 @@ func (c *Cache) check() hcl.Diagnostics {
 			diags = append(diags, errorAt(t.DeclRange, "Duplicate tier", fmt.Sprintf("Tier %q is configured twice.", t.Name)))
 		}
 		seen[t.Name] = true
+		if t.Capacity == "" {
+			if _, set := attrSet(t.Body, "capacity"); !set {
+				if t.Name != "host" || !hardware {
+					detail := fmt.Sprintf(`Tier %q needs capacity = "..."`, t.Name)
+					if t.Name == "host" {
+						detail += `, or a hardware block to derive it: hardware { profile = "auto" }`
+					}
+					diags = append(diags, errorAt(t.DeclRange, "Missing capacity", detail+"."))
+				}
+				diags = append(diags, t.check()...)
+				continue
+			}
+		}
 		if _, err := ParseCapacity(t.Capacity); err != nil {
 			diags = append(diags, errorAt(AttrRange(t.Body, "capacity", t.DeclRange), "Invalid capacity", err.Error()+"."))
 		}
@@ -134,6 +157,15 @@ func (t *Tier) check() hcl.Diagnostics {
 			fmt.Sprintf(`write = %q: want "write_back" or "write_through".`, *t.Write)))
 	}
 	return diags
+}
+
+// attrSet reports whether body sets attribute name.
+func attrSet(body hcl.Body, name string) (*hclsyntax.Attribute, bool) {
+	if sb, ok := body.(*hclsyntax.Body); ok {
+		a, ok := sb.Attributes[name]
+		return a, ok
+	}
+	return nil, false
 }
 
 func errorAt(r hcl.Range, summary, detail string) *hcl.Diagnostic {

@@ -10,6 +10,9 @@ type File struct {
 	Model     *Model      `hcl:"model,block"`
 	Source    *Source     `hcl:"source,block"`
 	Cache     *Cache      `hcl:"cache,block"`
+	// Hardware, when present, derives the settings the file leaves out
+	// from the machine (or a named profile); see package hwtune.
+	Hardware *Hardware `hcl:"hardware,block"`
 	// Stages lists the chain's stages in order; it defaults to
 	// DefaultChain().
 	Stages      []string `hcl:"stages,optional"`
@@ -76,9 +79,27 @@ type Source struct {
 	DeclRange hcl.Range `hcl:",def_range"`
 }
 
+// Hardware is a `hardware { profile = "auto" }` block: "auto" discovers
+// this machine; a profile name plans for another (flow hwinfo lists them).
+type Hardware struct {
+	Profile   *string   `hcl:"profile,optional"`
+	Body      hcl.Body  `hcl:",body"`
+	DeclRange hcl.Range `hcl:",def_range"`
+}
+
+// ProfileName returns the profile the block names, "auto" by default.
+func (h *Hardware) ProfileName() string {
+	if h == nil || h.Profile == nil {
+		return "auto"
+	}
+	return *h.Profile
+}
+
 // Cache configures blocks, pages and tiers.
 type Cache struct {
-	BlockTokens int     `hcl:"block_tokens"`
+	// BlockTokens is the tokens per block and page; 0 (unset) is allowed
+	// only with a hardware block, which derives it.
+	BlockTokens int     `hcl:"block_tokens,optional"`
 	DType       *string `hcl:"dtype,optional"`
 	// Pool is the size of the arena that holds the pages of requests in
 	// flight until the tier copies them; it defaults to DefaultPool.
@@ -94,8 +115,10 @@ const DefaultPool = "256MiB"
 // Tier is a `tier "name" { capacity = "2GiB" }` block. The ssd tier also
 // takes a directory, a write policy and whether writes are synced.
 type Tier struct {
-	Name     string `hcl:"name,label"`
-	Capacity string `hcl:"capacity"`
+	Name string `hcl:"name,label"`
+	// Capacity is required, except for the host tier of a file with a
+	// hardware block, which derives it.
+	Capacity string `hcl:"capacity,optional"`
 	// Path is the ssd tier's directory, created if missing. Pages in it
 	// survive the run: the next run over the same directory starts warm.
 	Path *string `hcl:"path,optional"`

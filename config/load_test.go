@@ -70,11 +70,15 @@ func TestDiagnostics(t *testing.T) {
 		line, col int
 	}{
 		{"syntax", "model {\n  preset = \n}\n", nil, "Invalid expression", 2, 12},
-		{"unknown block", minimal + "\nhardware {}\n", nil, "Unsupported block type", 9, 1},
+		{"unknown block", minimal + "\nsoftware {}\n", nil, "Unsupported block type", 9, 1},
+		{"hardware attribute", minimal + "\nhardware { cores = 4 }\n", nil, "Unsupported argument", 9, 12},
+		{"missing block_tokens", strings.Replace(minimal, "block_tokens = 16", "", 1), nil, "Missing block_tokens", 4, 1},
+		{"missing ssd capacity", strings.Replace(minimal, `tier "host" { capacity = "1GiB" }`, `tier "host" { capacity = "1GiB" }
+  tier "ssd" { path = "x" }`, 1) + "\nhardware {}\n", nil, "Missing capacity", 7, 3},
 		{"unknown attribute", "model {\n  preset = \"x\"\n  colour = 1\n}\n", nil, "Unsupported argument", 3, 3},
 		{"unknown top-level attribute", minimal + "speed = 3\n", nil, "Unsupported argument", 8, 1},
 		{"wrong type", strings.Replace(minimal, "block_tokens = 16", `block_tokens = "many"`, 1), nil, "Unsuitable value type", 5, 19},
-		{"missing required attribute", strings.Replace(minimal, `capacity = "1GiB"`, "", 1), nil, "Missing required argument", 6, 15},
+		{"missing capacity", strings.Replace(minimal, `capacity = "1GiB"`, "", 1), nil, "Missing capacity", 6, 3},
 		{"missing model", strings.Replace(minimal, `model { preset = "qwen3-vl-2b" }`, "", 1), nil, "Missing model block", 1, 1},
 		{"missing source", strings.Replace(minimal, `source "synthetic_chat" {}`, "", 1), nil, "Missing source block", 1, 1},
 		{"missing cache", "model {}\nsource \"x\" {}\n", nil, "Missing cache block", 1, 1},

@@ -66,9 +66,10 @@ func (s *AttendSettings) Validate() error {
 }
 
 // options returns the kernel options of the settings for a model with
-// head dimension headDim.
-func (s *AttendSettings) options(headDim int) (model.Options, error) {
-	o := model.Options{Kernel: s.Kernel, Workers: 1}
+// head dimension headDim; threads is the hardware block's derived default
+// (0: none).
+func (s *AttendSettings) options(headDim, threads int) (model.Options, error) {
+	o := model.Options{Kernel: s.Kernel, Workers: max(1, threads)}
 	if s.Threads != nil {
 		o.Workers = *s.Threads
 	}

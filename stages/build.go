@@ -1,6 +1,7 @@
 package stages
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -8,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -15,6 +17,7 @@ import (
 	"github.com/hashicorp/hcl/v2"
 
 	"github.com/kvflow/kvflow/config"
+	"github.com/kvflow/kvflow/hwtune"
 	"github.com/kvflow/kvflow/model"
 	"github.com/kvflow/kvflow/pipeline"
 	"github.com/kvflow/kvflow/storage"
@@ -51,6 +54,11 @@ type Plan struct {
 	PrefetchWorkers int
 	Source          Source
 	Stages          []PlannedStage
+	// Hardware is what the file's hardware block found (or the profile
+	// it names), and Derived the settings derived from it; nil without a
+	// hardware block. Settings the file sets explicitly win over Derived.
+	Hardware *hwtune.Hardware
+	Derived  *hwtune.Settings
 }
 
 // SSDPlan is the ssd tier of a plan.
@@ -90,6 +98,9 @@ func Build(f *config.File, reg *Registry) (*Plan, hcl.Diagnostics) {
 		}
 	}
 	diags = append(diags, p.model(f.Model)...)
+	if f.Hardware != nil && !diags.HasErrors() {
+		diags = append(diags, p.hardware(f)...)
+	}
 	diags = append(diags, p.cache(f.Cache)...)
 	diags = append(diags, p.source(f, reg)...)
 	diags = append(diags, p.stages(f, reg)...)
@@ -227,7 +238,36 @@ const (
 	maxLayers  = 1 << 10
 )
 
+// hardware resolves the hardware block: discovery for "auto", else a named
+// profile, and derives the settings the file may leave out.
+func (p *Plan) hardware(f *config.File) hcl.Diagnostics {
+	hb := f.Hardware
+	name := hb.ProfileName()
+	var h *hwtune.Hardware
+	var err error
+	if name == "auto" {
+		h, err = hwtune.Discover(context.Background())
+	} else {
+		h, err = hwtune.Profile(name)
+	}
+	if err != nil {
+		return hcl.Diagnostics{config.ErrorAt(config.AttrRange(hb.Body, "profile", hb.DeclRange), "Invalid hardware profile", err.Error()+".")}
+	}
+	dsize := model.BF16.Size()
+	if c := f.Cache; c != nil && c.DType != nil {
+		if d, err := model.ParseDType(*c.DType); err == nil {
+			dsize = d.Size()
+		}
+	}
+	s := hwtune.Derive(h, hwtune.Model{HeadDim: p.Model.HeadDim, KVHeads: p.Model.NumKVHeads, Layers: p.Model.NumLayers, DTypeSize: dsize})
+	p.Hardware, p.Derived = h, &s
+	return nil
+}
+
 func (p *Plan) cache(c *config.Cache) hcl.Diagnostics {
+	if c.BlockTokens == 0 && p.Derived != nil {
+		c.BlockTokens = p.Derived.BlockTokens
+	}
 	p.BlockTokens = c.BlockTokens
 	p.DType = model.BF16
 	if c.DType != nil {
@@ -256,6 +296,9 @@ func (p *Plan) cache(c *config.Cache) hcl.Diagnostics {
 	}
 	for _, t := range c.Tiers {
 		capAt := config.AttrRange(t.Body, "capacity", t.DeclRange)
+		if t.Capacity == "" && p.Derived != nil { // the host tier's, derived
+			t.Capacity = strconv.FormatInt(p.Derived.HostCapacity, 10)
+		}
 		n, _ := config.ParseCapacity(t.Capacity) // checked by config
 		page := int64(2 * p.Model.NumKVHeads * c.BlockTokens * p.Model.HeadDim * p.DType.Size())
 		if p.Metadata {
@@ -397,6 +440,14 @@ func (p *Plan) stages(f *config.File, reg *Registry) hcl.Diagnostics {
 			continue
 		}
 		ps := PlannedStage{Name: name}
+		if d := p.Derived; d != nil {
+			switch name {
+			case "fetch", "align", "attend", "evict":
+				ps.Options.Workers = d.StageWorkers
+			case "prefetch":
+				ps.Options.Workers, p.PrefetchWorkers = d.PrefetchWorkers, d.PrefetchWorkers
+			}
+		}
 		var body hcl.Body
 		at := start
 		if b := blocks[name]; b != nil {

@@ -259,3 +259,80 @@ func loadTiny(t *testing.T, src string) (*config.File, hcl.Diagnostics) {
 	}
 	return f, diags
 }
+
+// withHardware returns tiny with a hardware block naming profile, and
+// without block_tokens and the host tier's capacity for it to derive.
+func withHardware(profile string) string {
+	src := strings.Replace(tiny, "  block_tokens = 8\n", "", 1)
+	src = strings.Replace(src, "  prefill_chunk   = 16\n", "", 1) // the default follows block_tokens
+	src = strings.Replace(src, `tier "host" { capacity = "64MiB" }`, `tier "host" {}`, 1)
+	return src + "hardware {\n  profile = \"" + profile + "\"\n}\n"
+}
+
+// A hardware block fills in what the file leaves out from the profile's
+// derived settings; what the file sets wins.
+func TestBuildHardwareProfile(t *testing.T) {
+	p, diags := plan(t, withHardware("i5-10210u-sm61"), nil)
+	if diags.HasErrors() {
+		t.Fatal(diags)
+	}
+	d := p.Derived
+	if p.Hardware == nil || d == nil || p.Hardware.CPU.PhysicalCores != 4 {
+		t.Fatalf("hardware %+v, derived %+v", p.Hardware, d)
+	}
+	if p.BlockTokens != d.BlockTokens || p.HostCapacity != d.HostCapacity || p.PrefetchWorkers != d.PrefetchWorkers {
+		t.Errorf("block_tokens %d, host capacity %d, prefetch workers %d; derived %d, %d, %d",
+			p.BlockTokens, p.HostCapacity, p.PrefetchWorkers, d.BlockTokens, d.HostCapacity, d.PrefetchWorkers)
+	}
+	for _, s := range p.Stages {
+		want := d.StageWorkers
+		if s.Name == "prefetch" {
+			want = d.PrefetchWorkers
+		}
+		if s.Options.Workers != want {
+			t.Errorf("stage %s: %d workers, derived %d", s.Name, s.Options.Workers, want)
+		}
+	}
+	if got := p.tuning(); got.Lookahead != d.Lookahead || got.AttendThreads != d.AttendThreads {
+		t.Errorf("tuning %+v from %+v", got, d)
+	}
+
+	// Explicit settings win.
+	src := strings.Replace(withHardware("i5-10210u-sm61"), "cache {", "cache {\n  block_tokens = 8", 1) +
+		"stage \"attend\" {\n  workers = 1\n}\n"
+	p, diags = plan(t, strings.Replace(src, `tier "host" {}`, `tier "host" { capacity = "64MiB" }`, 1), nil)
+	if diags.HasErrors() {
+		t.Fatal(diags)
+	}
+	if p.BlockTokens != 8 || p.HostCapacity != 64<<20 {
+		t.Errorf("explicit block_tokens 8 and capacity 64MiB became %d and %d", p.BlockTokens, p.HostCapacity)
+	}
+	for _, s := range p.Stages {
+		if s.Name == "attend" && s.Options.Workers != 1 {
+			t.Errorf("explicit attend workers 1 became %d", s.Options.Workers)
+		}
+	}
+}
+
+// profile = "auto" discovers this machine, and the derived pipeline runs.
+func TestBuildHardwareAuto(t *testing.T) {
+	p, diags := plan(t, strings.Replace(withHardware("auto"), `tier "host" {}`, `tier "host" { capacity = "64MiB" }`, 1), nil)
+	if diags.HasErrors() {
+		t.Fatal(diags)
+	}
+	if p.Hardware.Source != "discovered" || p.Hardware.CPU.Threads < 1 || p.BlockTokens != p.Derived.BlockTokens {
+		t.Fatalf("hardware %+v, block_tokens %d", p.Hardware, p.BlockTokens)
+	}
+	rep, _ := collect(t, p)
+	if rep.Requests == 0 || rep.Tokens.Computed == 0 || rep.Model.BlockTokens != p.Derived.BlockTokens {
+		t.Fatalf("the derived pipeline did not run: %d requests, %d tokens, pages of %d", rep.Requests, rep.Tokens.Computed, rep.Model.BlockTokens)
+	}
+}
+
+func TestBuildHardwareDiagnostics(t *testing.T) {
+	_, diags := plan(t, withHardware("cray-1"), nil)
+	if len(diags) != 1 || diags[0].Summary != "Invalid hardware profile" || diags[0].Subject.Start.Line != 26 || diags[0].Subject.Start.Column != 13 ||
+		!strings.Contains(diags[0].Detail, "i5-10210u-sm61") {
+		t.Fatalf("unknown profile: %v", diags)
+	}
+}

@@ -39,6 +39,8 @@ type Env struct {
 	// one page holds a block's every layer, each chunk is one step, and
 	// attend computes nothing.
 	Metadata bool
+	// Tuning holds the hardware block's derived stage defaults.
+	Tuning Tuning
 
 	layers []*model.Attention
 
@@ -83,6 +85,16 @@ type EnvOptions struct {
 	Prefetcher *storage.Prefetcher
 	Log        hclog.Logger
 	Metadata   bool
+	// Tuning holds defaults the hardware block derived, for the stages
+	// whose settings the file leaves unset.
+	Tuning Tuning
+}
+
+// Tuning is what a pipeline's hardware block derived for the stages'
+// settings; zero fields mean no derived value.
+type Tuning struct {
+	Lookahead     int // prefetch lookahead in layers
+	AttendThreads int // goroutines per attention step
 }
 
 // NewEnv builds the model's layers with seeded random weights and returns the
@@ -112,7 +124,7 @@ func NewEnv(o EnvOptions) (*Env, error) {
 	}
 	e := &Env{
 		Model: o.Model, DType: o.DType, BlockTokens: o.BlockTokens, PrefillChunk: o.PrefillChunk,
-		Manager: o.Manager, Pool: o.Pool, Prefetcher: o.Prefetcher, Log: o.Log, Metadata: o.Metadata,
+		Manager: o.Manager, Pool: o.Pool, Prefetcher: o.Prefetcher, Log: o.Log, Metadata: o.Metadata, Tuning: o.Tuning,
 	}
 	if o.Metadata {
 		return e, nil // no weights: nothing is computed

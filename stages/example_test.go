@@ -49,7 +49,7 @@ func Example_compose() {
 	})
 	n := pipeline.Then(steps, stages.NewFetch(env), pipeline.Options{Workers: 1})
 	n = pipeline.Then(n, count, pipeline.Options{Workers: 2})
-	n = pipeline.Then(n, stages.NewPrefetch(env, stages.PrefetchSettings{Lookahead: 1}), pipeline.Options{})
+	n = pipeline.Then(n, stages.NewPrefetch(env, stages.PrefetchSettings{Lookahead: new(1)}), pipeline.Options{})
 	n = pipeline.Then(n, stages.NewAlign(env), pipeline.Options{})
 	n = pipeline.Then(n, stages.NewAttend(env), pipeline.Options{})
 	n = pipeline.Then(n, stages.NewEvict(env), pipeline.Options{})

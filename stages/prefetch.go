@@ -10,8 +10,9 @@ import (
 type PrefetchSettings struct {
 	// Lookahead is how many of a request's next layers prefetch loads
 	// ahead of the step it sees: their steps come next, and the loads run
-	// while this one computes.
-	Lookahead int `hcl:"lookahead,optional"`
+	// while this one computes. Unset, it is what the hardware block
+	// derived, or DefaultLookahead.
+	Lookahead *int `hcl:"lookahead,optional"`
 }
 
 // DefaultLookahead is the prefetch stage's lookahead when a file sets none.
@@ -22,8 +23,8 @@ const MaxLookahead = 1 << 10
 
 // Validate implements Validator.
 func (s PrefetchSettings) Validate() error {
-	if s.Lookahead < 0 || s.Lookahead > MaxLookahead {
-		return SettingErrorf("lookahead", "%d: must be between 0 and %d", s.Lookahead, MaxLookahead)
+	if s.Lookahead != nil && (*s.Lookahead < 0 || *s.Lookahead > MaxLookahead) {
+		return SettingErrorf("lookahead", "%d: must be between 0 and %d", *s.Lookahead, MaxLookahead)
 	}
 	return nil
 }
@@ -43,7 +44,14 @@ type Prefetch struct {
 
 // NewPrefetch returns the prefetch stage.
 func NewPrefetch(env *Env, s PrefetchSettings) *Prefetch {
-	return &Prefetch{env: env, lookahead: s.Lookahead}
+	lookahead := DefaultLookahead
+	switch {
+	case s.Lookahead != nil:
+		lookahead = *s.Lookahead
+	case env.Tuning.Lookahead > 0:
+		lookahead = env.Tuning.Lookahead
+	}
+	return &Prefetch{env: env, lookahead: lookahead}
 }
 
 // Name returns "prefetch".

@@ -74,12 +74,12 @@ func DefaultRegistry() *Registry {
 	r := NewRegistry()
 	none := func() struct{} { return struct{}{} }
 	must(RegisterStage(r, "fetch", none, func(e *Env, _ struct{}) (pipeline.Stage[*Step, *Step], error) { return NewFetch(e), nil }))
-	must(RegisterStage(r, "prefetch", func() PrefetchSettings { return PrefetchSettings{Lookahead: DefaultLookahead} },
+	must(RegisterStage(r, "prefetch", func() PrefetchSettings { return PrefetchSettings{} },
 		func(e *Env, s PrefetchSettings) (pipeline.Stage[*Step, *Step], error) { return NewPrefetch(e, s), nil }))
 	must(RegisterStage(r, "align", none, func(e *Env, _ struct{}) (pipeline.Stage[*Step, *Step], error) { return NewAlign(e), nil }))
 	must(RegisterStage(r, "attend", func() AttendSettings { return AttendSettings{Kernel: model.KernelDense} },
 		func(e *Env, s AttendSettings) (pipeline.Stage[*Step, *Step], error) {
-			o, err := s.options(e.Model.HeadDim)
+			o, err := s.options(e.Model.HeadDim, e.Tuning.AttendThreads)
 			if err != nil {
 				return nil, err
 			}

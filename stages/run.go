@@ -117,7 +117,8 @@ func (p *Plan) Run(ctx context.Context, o RunOptions) (*Report, error) {
 	}
 	t0 := time.Now()
 	env, err := NewEnv(EnvOptions{Model: p.Model, DType: p.DType, BlockTokens: p.BlockTokens,
-		PrefillChunk: p.PrefillChunk, Seed: p.Seed, Manager: mgr, Pool: pool, Prefetcher: pf, Log: log, Metadata: p.Metadata})
+		PrefillChunk: p.PrefillChunk, Seed: p.Seed, Manager: mgr, Pool: pool, Prefetcher: pf, Log: log, Metadata: p.Metadata,
+		Tuning: p.tuning()})
 	if err != nil {
 		return nil, errors.Join(err, closeStores())
 	}
@@ -278,4 +279,12 @@ func ratio(a, b int64) float64 {
 // pageBytes is the size of K (or V) of one page.
 func (p *Plan) pageBytes() int {
 	return p.Model.NumKVHeads * p.BlockTokens * p.Model.HeadDim * p.DType.Size()
+}
+
+// tuning returns the derived stage defaults the environment carries.
+func (p *Plan) tuning() Tuning {
+	if p.Derived == nil {
+		return Tuning{}
+	}
+	return Tuning{Lookahead: p.Derived.Lookahead, AttendThreads: p.Derived.AttendThreads}
 }
