@@ -9,7 +9,7 @@ import (
 )
 
 // TierNames returns the tiers this build knows, fastest first.
-func TierNames() []string { return []string{"host", "ssd"} }
+func TierNames() []string { return []string{"host", "ssd", "gpu"} }
 
 // Upper bounds on settings, so that a typo cannot ask for more goroutines or
 // memory than any machine has.

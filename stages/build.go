@@ -17,6 +17,7 @@ import (
 	"github.com/hashicorp/hcl/v2"
 
 	"github.com/kvflow/kvflow/config"
+	"github.com/kvflow/kvflow/gpu"
 	"github.com/kvflow/kvflow/hwtune"
 	"github.com/kvflow/kvflow/model"
 	"github.com/kvflow/kvflow/pipeline"
@@ -311,6 +312,9 @@ func (p *Plan) cache(c *config.Cache) hcl.Diagnostics {
 			}
 			n = storage.Unlimited
 		}
+		if t.Name == "gpu" {
+			return hcl.Diagnostics{config.ErrorAt(t.DeclRange, "GPU tier unavailable", gpuTierUnavailable())}
+		}
 		if t.Name == "ssd" {
 			if n == 0 {
 				continue // disabled
@@ -537,4 +541,15 @@ func (p *Plan) Namespace() string {
 	m := p.Model
 	return fmt.Sprintf("kvflow-pages/1 hidden=%d heads=%d kv_heads=%d head_dim=%d rope_theta=%g mrope=%v rms_eps=%g seed=%d dtype=%s block_tokens=%d",
 		m.HiddenSize, m.NumHeads, m.NumKVHeads, m.HeadDim, m.RopeTheta, m.MRopeSection, m.RMSNormEps, p.Seed, p.DType, p.BlockTokens)
+}
+
+// gpuTierUnavailable says why a pipeline cannot have a GPU tier here.
+func gpuTierUnavailable() string {
+	if !gpu.Built {
+		return "this flow binary was built without CUDA. Build it with `go build -tags cuda ./cmd/flow` where the CUDA kit is installed (see the README's GPU section), and run it on a machine with an NVIDIA GPU."
+	}
+	if info := gpu.Discover(); len(info.Devices) == 0 {
+		return info.Absent + "."
+	}
+	return "the KV cache manager does not take a GPU tier yet: storage.DeviceTier and the GPU decode kernel exist and are tested (scripts/gpu-check.sh), but the manager holds one memory tier and one store."
 }

@@ -144,6 +144,7 @@ func TestBuildDiagnostics(t *testing.T) {
 		{"image grid", repl("[1, 2, 3]", "[1, 2]"), "Invalid image_grid", 19, 21},
 		{"unknown stage", tiny + "stages = [\"fetch\", \"warp\"]\n", "Unknown stage", 27, 20},
 		{"kernel", tiny + "stage \"attend\" {\n  kernel = \"magic\"\n}\n", "Invalid kernel", 28, 12},
+		{"gpu tier", strings.Replace(tiny, `tier "host" { capacity = "64MiB" }`, "tier \"host\" { capacity = \"64MiB\" }\n  tier \"gpu\" { capacity = \"8GiB\" }", 1), "GPU tier unavailable", 26, 3},
 		{"policy", tiny + "stage \"evict\" {\n  policy = \"random\"\n}\n", "Invalid policy", 28, 12},
 		{"top_k on dense", tiny + "stage \"attend\" {\n  top_k = 4\n}\n", "Invalid top_k", 28, 11},
 		{"block_sparse without top_k", tiny + "stage \"attend\" {\n  kernel = \"block_sparse\"\n}\n", "Invalid kernel", 28, 12},
