@@ -27,9 +27,15 @@ var decodePTX string
 type Decoder struct {
 	c                              *Context
 	mod                            cu.Module
-	split, merge                   cu.Function
+	splits                         map[int]cu.Function // by unroll
+	merge                          cu.Function
 	heads, kvHeads, headDim, block int
 	sms                            int
+
+	// Unroll is the tokens each warp loads before using them (4 or 8;
+	// default 8), and SplitFactor the thread blocks per multiprocessor
+	// Splits aims for (default 16). Set them before launching.
+	Unroll, SplitFactor int
 }
 
 // NewDecoder loads the kernel for the geometry: head_dim 32, 64 or 128 and
@@ -42,14 +48,19 @@ func NewDecoder(c *Context, heads, kvHeads, headDim, blockTokens int) (*Decoder,
 	if (headDim != 32 && headDim != 64 && headDim != 128) || (g != 1 && g != 2 && g != 4 && g != 8) {
 		return nil, fmt.Errorf("gpu: no decode kernel for head_dim %d and %d query heads per KV head (have 32, 64, 128 and 1, 2, 4, 8)", headDim, g)
 	}
-	d := &Decoder{c: c, heads: heads, kvHeads: kvHeads, headDim: headDim, block: blockTokens}
+	d := &Decoder{c: c, heads: heads, kvHeads: kvHeads, headDim: headDim, block: blockTokens,
+		splits: map[int]cu.Function{}, Unroll: 8, SplitFactor: 16}
 	err := c.Do(func() (err error) {
 		if d.mod, err = cu.LoadData(decodePTX); err != nil {
 			return fmt.Errorf("loading the decode module: %w", err)
 		}
 		suffix := fmt.Sprintf("_d%d_g%d", headDim, g)
-		if d.split, err = d.mod.Function("decode_split" + suffix); err != nil {
-			return err
+		for _, u := range []int{4, 8} {
+			f, err := d.mod.Function(fmt.Sprintf("decode_split%s_u%d", suffix, u))
+			if err != nil {
+				return err
+			}
+			d.splits[u] = f
 		}
 		if d.merge, err = d.mod.Function("decode_merge" + suffix); err != nil {
 			return err
@@ -70,7 +81,7 @@ func (d *Decoder) Close() error { return d.c.Do(func() error { return d.mod.Unlo
 // a batch: enough thread blocks to fill every multiprocessor several times,
 // none with fewer than two pages.
 func (d *Decoder) Splits(batch, pages int) int {
-	want := (8*d.sms + batch*d.kvHeads - 1) / (batch * d.kvHeads)
+	want := (max(1, d.SplitFactor)*d.sms + batch*d.kvHeads - 1) / (batch * d.kvHeads)
 	return max(1, min(want, pages/2))
 }
 
@@ -171,8 +182,12 @@ func (d *Decoder) Launch(b *Batch, n int, s *Stream) error {
 		}
 		panic("gpu: kernel argument")
 	}
+	split, ok := d.splits[d.Unroll]
+	if !ok {
+		return fmt.Errorf("gpu: no decode kernel unrolled %d times (have 4 and 8)", d.Unroll)
+	}
 	return d.c.Do(func() error {
-		if err := d.split.Launch(b.splits, d.kvHeads, n, 128, 1, 1, 0, stream(s),
+		if err := split.Launch(b.splits, d.kvHeads, n, 128, 1, 1, 0, stream(s),
 			[]unsafe.Pointer{p(&q), p(&kp), p(&vp), p(&ln), p(&pm), p(&pl), p(&pacc), p(&kvh), p(&block), p(&maxPages), p(&splits)}); err != nil {
 			return fmt.Errorf("decode_split: %w", err)
 		}

@@ -92,14 +92,20 @@ func TestDecoderMatchesCPU(t *testing.T) {
 				clear(qq.Out)
 				qs = append(qs, qq)
 			}
-			if err := at.Attend(qs...); err != nil {
-				t.Fatal(err)
-			}
-			for i, q := range qs {
-				if e := model.RelErr(q.Out, want[i]); e > 1e-3 {
-					t.Errorf("context %d: GPU vs CPU relative error %.3g, want <= 1e-3", c.lens[i], e)
-				} else {
-					t.Logf("context %d: GPU vs CPU relative error %.3g", c.lens[i], e)
+			for _, unroll := range []int{4, 8} {
+				at.d.Unroll = unroll
+				for _, q := range qs {
+					clear(q.Out)
+				}
+				if err := at.Attend(qs...); err != nil {
+					t.Fatal(err)
+				}
+				for i, q := range qs {
+					if e := model.RelErr(q.Out, want[i]); e > 1e-3 {
+						t.Errorf("context %d, unroll %d: GPU vs CPU relative error %.3g, want <= 1e-3", c.lens[i], unroll, e)
+					} else {
+						t.Logf("context %d, unroll %d: GPU vs CPU relative error %.3g", c.lens[i], unroll, e)
+					}
 				}
 			}
 		})
@@ -173,81 +179,86 @@ func TestDecoderErrors(t *testing.T) {
 // text shape, bf16 pages of 64 tokens, resident in device memory) against
 // the device's memory bandwidth measured in the same run by a 1 GiB
 // device-to-device copy (read plus write bytes over time, as
-// bandwidthTest counts). Metrics: kv_GB/s, copy_GB/s, bw_ratio.
+// bandwidthTest counts). Rows: ctx<N>/batch<B>/u<unroll>/f<split factor>.
+// Metrics: us/decode, kv_GB/s, copy_GB/s, bw_ratio.
 func BenchmarkDecodeGPU(b *testing.B) {
 	copyRate := deviceCopyRate(b)
+	const heads, kvHeads, dim, block = 32, 8, 128, 64
+	d, err := NewDecoder(testCtx, heads, kvHeads, dim, block)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer d.Close()
 	for _, batch := range []int{1, 8} {
 		for _, ctx := range []int{8192, 32768} {
-			b.Run(fmt.Sprintf("ctx%d/batch%d", ctx, batch), func(b *testing.B) {
-				const heads, kvHeads, dim, block = 32, 8, 128, 64
-				d, err := NewDecoder(testCtx, heads, kvHeads, dim, block)
-				if err != nil {
-					b.Fatal(err)
+			pages := ctx / block
+			pageBytes := int64(kvHeads * block * dim * 2)
+			kvBytes := int64(batch) * int64(pages) * 2 * pageBytes
+			arena, err := testCtx.Alloc(kvBytes)
+			if err != nil {
+				b.Fatal(err)
+			}
+			fillDevice(b, arena)
+			kt, vt := make([][]cu.DevicePtr, batch), make([][]cu.DevicePtr, batch)
+			lens := make([]int, batch)
+			for s := range batch {
+				for p := range pages {
+					base := arena.Ptr + cu.DevicePtr((int64(s*pages+p)*2)*pageBytes)
+					kt[s] = append(kt[s], base)
+					vt[s] = append(vt[s], base+cu.DevicePtr(pageBytes))
 				}
-				defer d.Close()
-				pages := ctx / block
-				pageBytes := int64(kvHeads * block * dim * 2)
-				kvBytes := int64(batch) * int64(pages) * 2 * pageBytes
-				arena, err := testCtx.Alloc(kvBytes)
-				if err != nil {
-					b.Fatal(err)
-				}
-				defer testCtx.Free(arena)
-				fillDevice(b, arena)
-				kt, vt := make([][]cu.DevicePtr, batch), make([][]cu.DevicePtr, batch)
-				lens := make([]int, batch)
-				for s := range batch {
-					for p := range pages {
-						base := arena.Ptr + cu.DevicePtr((int64(s*pages+p)*2)*pageBytes)
-						kt[s] = append(kt[s], base)
-						vt[s] = append(vt[s], base+cu.DevicePtr(pageBytes))
-					}
-					lens[s] = ctx
-				}
-				bt, err := d.NewBatch(batch, pages, d.Splits(batch, pages))
-				if err != nil {
-					b.Fatal(err)
-				}
-				defer d.FreeBatch(bt)
-				if err := d.SetPages(bt, kt, vt, lens); err != nil {
-					b.Fatal(err)
-				}
-				q := make([]float32, batch*heads*dim)
-				for i := range q {
-					q[i] = float32(i%7) * 0.01
-				}
-				if err := d.SetQueries(bt, q); err != nil {
-					b.Fatal(err)
-				}
-				tm, err := testCtx.NewTimer()
-				if err != nil {
-					b.Fatal(err)
-				}
-				if err := d.Launch(bt, batch, nil); err != nil { // warm-up
-					b.Fatal(err)
-				}
-				const reps = 20
-				var secs float64
-				b.ResetTimer()
-				for b.Loop() {
-					testCtx.Start(tm, nil)
-					for range reps {
-						if err := d.Launch(bt, batch, nil); err != nil {
+				lens[s] = ctx
+			}
+			q := make([]float32, batch*heads*dim)
+			for i := range q {
+				q[i] = float32(i%7) * 0.01
+			}
+			for _, unroll := range []int{4, 8} {
+				for _, factor := range []int{8, 16, 32} {
+					b.Run(fmt.Sprintf("ctx%d/batch%d/u%d/f%d", ctx, batch, unroll, factor), func(b *testing.B) {
+						d.Unroll, d.SplitFactor = unroll, factor
+						bt, err := d.NewBatch(batch, pages, d.Splits(batch, pages))
+						if err != nil {
 							b.Fatal(err)
 						}
-					}
-					s, err := testCtx.Stop(tm, nil)
-					if err != nil {
-						b.Fatal(err)
-					}
-					secs += s
+						defer d.FreeBatch(bt)
+						if err := d.SetPages(bt, kt, vt, lens); err != nil {
+							b.Fatal(err)
+						}
+						if err := d.SetQueries(bt, q); err != nil {
+							b.Fatal(err)
+						}
+						tm, err := testCtx.NewTimer()
+						if err != nil {
+							b.Fatal(err)
+						}
+						if err := d.Launch(bt, batch, nil); err != nil { // warm-up
+							b.Fatal(err)
+						}
+						const reps = 20
+						var secs float64
+						for b.Loop() {
+							testCtx.Start(tm, nil)
+							for range reps {
+								if err := d.Launch(bt, batch, nil); err != nil {
+									b.Fatal(err)
+								}
+							}
+							s, err := testCtx.Stop(tm, nil)
+							if err != nil {
+								b.Fatal(err)
+							}
+							secs += s
+						}
+						per := secs / float64(b.N*reps)
+						b.ReportMetric(per*1e6, "us/decode")
+						b.ReportMetric(float64(kvBytes)/per/1e9, "kv_GB/s")
+						b.ReportMetric(copyRate/1e9, "copy_GB/s")
+						b.ReportMetric(float64(kvBytes)/per/copyRate, "bw_ratio")
+					})
 				}
-				per := secs / float64(b.N*reps)
-				b.ReportMetric(per*1e6, "us/decode")
-				b.ReportMetric(float64(kvBytes)/per/1e9, "kv_GB/s")
-				b.ReportMetric(copyRate/1e9, "copy_GB/s")
-				b.ReportMetric(float64(kvBytes)/per/copyRate, "bw_ratio")
-			})
+			}
+			testCtx.Free(arena)
 		}
 	}
 }

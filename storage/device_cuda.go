@@ -141,7 +141,9 @@ func (t *DeviceTier) Promote(pages []*Page) ([]DevicePage, error) {
 	defer t.mu.Unlock()
 	out := make([]DevicePage, len(pages))
 	buf, fill := -1, 0
-	var pending []int // staging buffers with copies in flight
+	// queued[b] is closed once buffer b's copies are handed to its stream;
+	// its stream is synchronised before the buffer is filled again.
+	queued := make([]chan error, len(t.staging))
 	var fills []stagedCopy
 	var copies []gpu.Piece
 	flush := func() error {
@@ -149,23 +151,29 @@ func (t *DeviceTier) Promote(pages []*Page) ([]DevicePage, error) {
 			return nil
 		}
 		t.fillParallel(t.staging[buf].Bytes, fills)
-		if err := t.ctx.CopyInPieces(t.staging[buf].Bytes, copies, t.streams[buf]); err != nil {
+		// Queue the copies from another goroutine: handing them to the
+		// context's thread takes as long as filling the next buffer.
+		done, b, pieces := make(chan error, 1), buf, copies
+		queued[b] = done
+		go func() { done <- t.ctx.CopyInPieces(t.staging[b].Bytes, pieces, t.streams[b]) }()
+		fills, copies, fill = fills[:0], nil, 0
+		return nil
+	}
+	settle := func(b int) error { // buffer b's copies have landed
+		if queued[b] == nil {
+			return nil
+		}
+		err := <-queued[b]
+		queued[b] = nil
+		if err != nil {
 			return err
 		}
-		pending = append(pending, buf)
-		fills, copies, fill = fills[:0], copies[:0], 0
-		return nil
+		return t.ctx.Sync(t.streams[b])
 	}
 	take := func() error { // the next staging buffer, once its copies landed
 		t.next = (t.next + 1) % len(t.staging)
 		buf = t.next
-		for i, b := range pending {
-			if b == buf {
-				pending = append(pending[:i], pending[i+1:]...)
-				return t.ctx.Sync(t.streams[buf])
-			}
-		}
-		return nil
+		return settle(buf)
 	}
 	stage := func(src []byte, dst cu.DevicePtr) error {
 		for done := 0; done < len(src); {
@@ -220,8 +228,8 @@ func (t *DeviceTier) Promote(pages []*Page) ([]DevicePage, error) {
 	if ferr := flush(); err == nil {
 		err = ferr
 	}
-	for _, b := range pending {
-		if serr := t.ctx.Sync(t.streams[b]); err == nil {
+	for b := range queued {
+		if serr := settle(b); err == nil {
 			err = serr
 		}
 	}
@@ -245,7 +253,7 @@ type stagedCopy struct {
 // fillParallel copies each fill into dst, split among goroutines: one core
 // copies memory at a fraction of the DMA engine's rate.
 func (t *DeviceTier) fillParallel(dst []byte, fills []stagedCopy) {
-	workers := min(runtime.GOMAXPROCS(0), 8)
+	workers := min(runtime.GOMAXPROCS(0), 16)
 	total := 0
 	for _, f := range fills {
 		total += len(f.src)

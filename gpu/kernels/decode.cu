@@ -18,7 +18,6 @@
 #include <cuda_bf16.h>
 
 #define WARPS 4
-#define UNROLL 4
 
 __device__ __forceinline__ float bf16_lo(unsigned int w) { return __uint_as_float(w << 16); }
 __device__ __forceinline__ float bf16_hi(unsigned int w) { return __uint_as_float(w & 0xffff0000u); }
@@ -37,7 +36,7 @@ __device__ __forceinline__ void loadRow(const unsigned short* row, int lane, flo
 	}
 }
 
-template <int D, int G>
+template <int D, int G, int UNROLL>
 __device__ void decode_split(const float* __restrict__ q, const unsigned long long* __restrict__ kpages,
                              const unsigned long long* __restrict__ vpages, const long long* __restrict__ lens,
                              float* __restrict__ pm, float* __restrict__ pl, float* __restrict__ pacc,
@@ -153,12 +152,18 @@ __device__ void decode_merge(const float* __restrict__ pm, const float* __restri
 	}
 }
 
-#define VARIANT(D, G)                                                                                            \
-	extern "C" __global__ void __launch_bounds__(WARPS * 32) decode_split_d##D##_g##G(                             \
+// Each warp takes UNROLL tokens at a time: their K and V rows are all
+// loaded before any is used, so that many loads are in flight.
+#define SPLIT(D, G, U)                                                                                           \
+	extern "C" __global__ void __launch_bounds__(WARPS * 32) decode_split_d##D##_g##G##_u##U(                      \
 	    const float* q, const unsigned long long* kpages, const unsigned long long* vpages, const long long* lens,   \
 	    float* pm, float* pl, float* pacc, long long kvh, long long block, long long maxPages, long long splits) { \
-		decode_split<D, G>(q, kpages, vpages, lens, pm, pl, pacc, kvh, block, maxPages, splits);                 \
-	}                                                                                                            \
+		decode_split<D, G, U>(q, kpages, vpages, lens, pm, pl, pacc, kvh, block, maxPages, splits);              \
+	}
+
+#define VARIANT(D, G)                                                                                            \
+	SPLIT(D, G, 4)                                                                                               \
+	SPLIT(D, G, 8)                                                                                               \
 	extern "C" __global__ void decode_merge_d##D##_g##G(const float* pm, const float* pl, const float* pacc,        \
 	                                                     float* out, long long kvh, long long splits) {            \
 		decode_merge<D, G>(pm, pl, pacc, out, kvh, splits);                                                      \

@@ -123,25 +123,29 @@ func BenchmarkPromote(b *testing.B) {
 	ctx.DestroyStream(s)
 	ctx.FreePinned(pinned)
 	ctx.Free(dst)
-	tier, err := storage.NewDeviceTier(ctx, storage.DeviceOptions{Capacity: 2 << 30, StagingBuffers: 4, StagingBytes: 32 << 20})
-	if err != nil {
-		b.Fatal(err)
+	for _, st := range []struct{ n, size int }{{4, 32 << 20}, {8, 8 << 20}, {4, 64 << 20}} {
+		b.Run(fmt.Sprintf("staging%dx%dMiB", st.n, st.size>>20), func(b *testing.B) {
+			tier, err := storage.NewDeviceTier(ctx, storage.DeviceOptions{Capacity: 2 << 30, StagingBuffers: st.n, StagingBytes: st.size})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer tier.Close()
+			b.SetBytes(total)
+			for b.Loop() {
+				b.StopTimer()
+				for _, p := range ps { // make room: promotion must copy every page
+					tier.Unpin(p.Key)
+				}
+				tier.Drop()
+				b.StartTimer()
+				if _, err := tier.Promote(ps); err != nil {
+					b.Fatal(err)
+				}
+			}
+			rate := float64(total) * float64(b.N) / b.Elapsed().Seconds()
+			b.ReportMetric(rate/1e9, "promote_GB/s")
+			b.ReportMetric(pinnedRate/1e9, "pinned_GB/s")
+			b.ReportMetric(rate/pinnedRate, "ratio")
+		})
 	}
-	defer tier.Close()
-	b.SetBytes(total)
-	for b.Loop() {
-		b.StopTimer()
-		for _, p := range ps { // make room: promotion must copy every page
-			tier.Unpin(p.Key)
-		}
-		tier.Drop()
-		b.StartTimer()
-		if _, err := tier.Promote(ps); err != nil {
-			b.Fatal(err)
-		}
-	}
-	rate := float64(total) * float64(b.N) / b.Elapsed().Seconds()
-	b.ReportMetric(rate/1e9, "promote_GB/s")
-	b.ReportMetric(pinnedRate/1e9, "pinned_GB/s")
-	b.ReportMetric(rate/pinnedRate, "ratio")
 }
