@@ -150,6 +150,57 @@ func (c *Context) FreePinned(p *Pinned) error {
 	})
 }
 
+// RegisterHost page-locks existing host memory (cuMemHostRegister) so the
+// DMA engines copy straight from it, as from AllocPinned memory: a host
+// tier whose arena is registered needs no staging copy. b must stay alive
+// and must not move (Go's heap does not move objects) until UnregisterHost.
+func (c *Context) RegisterHost(b []byte) error {
+	if len(b) == 0 {
+		return nil
+	}
+	return c.Do(func() error {
+		if r := C.cuMemHostRegister(unsafe.Pointer(&b[0]), C.size_t(len(b)), C.CU_MEMHOSTREGISTER_PORTABLE); r != C.CUDA_SUCCESS {
+			return fmt.Errorf("gpu: cuMemHostRegister of %d bytes: CUresult %d", len(b), int(r))
+		}
+		return nil
+	})
+}
+
+// UnregisterHost undoes RegisterHost.
+func (c *Context) UnregisterHost(b []byte) error {
+	if len(b) == 0 {
+		return nil
+	}
+	return c.Do(func() error {
+		if r := C.cuMemHostUnregister(unsafe.Pointer(&b[0])); r != C.CUDA_SUCCESS {
+			return fmt.Errorf("gpu: cuMemHostUnregister: CUresult %d", int(r))
+		}
+		return nil
+	})
+}
+
+// Direct is a copy of Src (page-locked host memory) to Dst.
+type Direct struct {
+	Dst cu.DevicePtr
+	Src []byte
+}
+
+// CopyInDirect queues the copies on s in one hand-over to the context's
+// thread; the sources must stay unchanged until s is synchronised.
+func (c *Context) CopyInDirect(copies []Direct, s *Stream) error {
+	return c.Do(func() error {
+		for _, d := range copies {
+			if len(d.Src) == 0 {
+				continue
+			}
+			if err := cu.MemcpyHtoDAsync(d.Dst, unsafe.Pointer(&d.Src[0]), int64(len(d.Src)), s.s); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
 // Stream is a CUDA stream: work queued on it runs in order, concurrently
 // with other streams and with the host.
 type Stream struct{ s cu.Stream }

@@ -27,16 +27,21 @@ var decodePTX string
 type Decoder struct {
 	c                              *Context
 	mod                            cu.Module
-	splits                         map[int]cu.Function // by unroll
+	splits                         map[string]cu.Function // by variant
 	merge                          cu.Function
 	heads, kvHeads, headDim, block int
 	sms                            int
 
-	// Unroll is the tokens each warp loads before using them (4 or 8;
-	// default 8), and SplitFactor the thread blocks per multiprocessor
-	// Splits aims for (default 16). Set them before launching.
-	Unroll, SplitFactor int
+	// Variant picks the split kernel: "u4" or "u8" (tokens each warp
+	// loads before using them), with "t" (u4t, u8t) for the transposed warp
+	// reduction of the dot products. SplitFactor is the thread blocks per
+	// multiprocessor Splits aims for. Set them before launching.
+	Variant     string
+	SplitFactor int
 }
+
+// Variants lists the decode split kernels.
+var Variants = []string{"u4", "u8", "u4t", "u8t"}
 
 // NewDecoder loads the kernel for the geometry: head_dim 32, 64 or 128 and
 // 1, 2, 4 or 8 query heads per KV head.
@@ -49,18 +54,22 @@ func NewDecoder(c *Context, heads, kvHeads, headDim, blockTokens int) (*Decoder,
 		return nil, fmt.Errorf("gpu: no decode kernel for head_dim %d and %d query heads per KV head (have 32, 64, 128 and 1, 2, 4, 8)", headDim, g)
 	}
 	d := &Decoder{c: c, heads: heads, kvHeads: kvHeads, headDim: headDim, block: blockTokens,
-		splits: map[int]cu.Function{}, Unroll: 8, SplitFactor: 16}
+		splits: map[string]cu.Function{}, Variant: "u4t", SplitFactor: 16}
 	err := c.Do(func() (err error) {
 		if d.mod, err = cu.LoadData(decodePTX); err != nil {
 			return fmt.Errorf("loading the decode module: %w", err)
 		}
 		suffix := fmt.Sprintf("_d%d_g%d", headDim, g)
-		for _, u := range []int{4, 8} {
-			f, err := d.mod.Function(fmt.Sprintf("decode_split%s_u%d", suffix, u))
+		for _, v := range Variants {
+			name := "decode_split" + suffix + "_" + v[:2]
+			if len(v) > 2 {
+				name += "_" + v[2:]
+			}
+			f, err := d.mod.Function(name)
 			if err != nil {
 				return err
 			}
-			d.splits[u] = f
+			d.splits[v] = f
 		}
 		if d.merge, err = d.mod.Function("decode_merge" + suffix); err != nil {
 			return err
@@ -182,9 +191,9 @@ func (d *Decoder) Launch(b *Batch, n int, s *Stream) error {
 		}
 		panic("gpu: kernel argument")
 	}
-	split, ok := d.splits[d.Unroll]
+	split, ok := d.splits[d.Variant]
 	if !ok {
-		return fmt.Errorf("gpu: no decode kernel unrolled %d times (have 4 and 8)", d.Unroll)
+		return fmt.Errorf("gpu: no decode kernel variant %q (have %v)", d.Variant, Variants)
 	}
 	return d.c.Do(func() error {
 		if err := split.Launch(b.splits, d.kvHeads, n, 128, 1, 1, 0, stream(s),

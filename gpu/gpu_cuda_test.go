@@ -92,8 +92,8 @@ func TestDecoderMatchesCPU(t *testing.T) {
 				clear(qq.Out)
 				qs = append(qs, qq)
 			}
-			for _, unroll := range []int{4, 8} {
-				at.d.Unroll = unroll
+			for _, variant := range Variants {
+				at.d.Variant = variant
 				for _, q := range qs {
 					clear(q.Out)
 				}
@@ -102,9 +102,9 @@ func TestDecoderMatchesCPU(t *testing.T) {
 				}
 				for i, q := range qs {
 					if e := model.RelErr(q.Out, want[i]); e > 1e-3 {
-						t.Errorf("context %d, unroll %d: GPU vs CPU relative error %.3g, want <= 1e-3", c.lens[i], unroll, e)
+						t.Errorf("context %d, %s: GPU vs CPU relative error %.3g, want <= 1e-3", c.lens[i], variant, e)
 					} else {
-						t.Logf("context %d, unroll %d: GPU vs CPU relative error %.3g", c.lens[i], unroll, e)
+						t.Logf("context %d, %s: GPU vs CPU relative error %.3g", c.lens[i], variant, e)
 					}
 				}
 			}
@@ -179,7 +179,7 @@ func TestDecoderErrors(t *testing.T) {
 // text shape, bf16 pages of 64 tokens, resident in device memory) against
 // the device's memory bandwidth measured in the same run by a 1 GiB
 // device-to-device copy (read plus write bytes over time, as
-// bandwidthTest counts). Rows: ctx<N>/batch<B>/u<unroll>/f<split factor>.
+// bandwidthTest counts). Rows: ctx<N>/batch<B>/<variant>/f<split factor>.
 // Metrics: us/decode, kv_GB/s, copy_GB/s, bw_ratio.
 func BenchmarkDecodeGPU(b *testing.B) {
 	copyRate := deviceCopyRate(b)
@@ -213,10 +213,10 @@ func BenchmarkDecodeGPU(b *testing.B) {
 			for i := range q {
 				q[i] = float32(i%7) * 0.01
 			}
-			for _, unroll := range []int{4, 8} {
-				for _, factor := range []int{8, 16, 32} {
-					b.Run(fmt.Sprintf("ctx%d/batch%d/u%d/f%d", ctx, batch, unroll, factor), func(b *testing.B) {
-						d.Unroll, d.SplitFactor = unroll, factor
+			for _, variant := range Variants {
+				for _, factor := range []int{8, 16} {
+					b.Run(fmt.Sprintf("ctx%d/batch%d/%s/f%d", ctx, batch, variant, factor), func(b *testing.B) {
+						d.Variant, d.SplitFactor = variant, factor
 						bt, err := d.NewBatch(batch, pages, d.Splits(batch, pages))
 						if err != nil {
 							b.Fatal(err)

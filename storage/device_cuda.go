@@ -8,6 +8,7 @@ import (
 	"math/bits"
 	"runtime"
 	"sync"
+	"unsafe"
 
 	"gorgonia.org/cu"
 
@@ -33,6 +34,37 @@ type DeviceTier struct {
 	staging []*gpu.Pinned
 	streams []*gpu.Stream
 	next    int
+	// registered holds host memory page-locked with RegisterHost: pages
+	// inside it are copied straight to the device. Guarded by mu.
+	registered [][]byte
+}
+
+// RegisterHost page-locks host memory (the host tier's arena, say) so that
+// pages in it are promoted by DMA straight from where they are, with no
+// staging copy. mem must stay allocated until Close.
+func (t *DeviceTier) RegisterHost(mem []byte) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if err := t.ctx.RegisterHost(mem); err != nil {
+		return fmt.Errorf("device tier: %w", err)
+	}
+	t.registered = append(t.registered, mem)
+	return nil
+}
+
+// isRegistered reports whether b lies inside registered host memory.
+func (t *DeviceTier) isRegistered(b []byte) bool {
+	if len(b) == 0 {
+		return false
+	}
+	p := uintptr(unsafe.Pointer(&b[0]))
+	for _, r := range t.registered {
+		lo := uintptr(unsafe.Pointer(&r[0]))
+		if p >= lo && p+uintptr(len(b)) <= lo+uintptr(len(r)) {
+			return true
+		}
+	}
+	return false
 }
 
 // DevicePage is a page in device memory: K at K, V at V, Size bytes each.
@@ -99,8 +131,13 @@ func NewDeviceTier(ctx *gpu.Context, o DeviceOptions) (*DeviceTier, error) {
 	return t, nil
 }
 
-// Close releases the device memory and staging buffers.
+// Close releases the device memory and staging buffers, and unregisters
+// registered host memory.
 func (t *DeviceTier) Close() error {
+	for _, r := range t.registered {
+		t.ctx.UnregisterHost(r)
+	}
+	t.registered = nil
 	for i := range t.staging {
 		t.ctx.Sync(t.streams[i])
 		t.ctx.DestroyStream(t.streams[i])
@@ -175,7 +212,17 @@ func (t *DeviceTier) Promote(pages []*Page) ([]DevicePage, error) {
 		buf = t.next
 		return settle(buf)
 	}
+	var direct []gpu.Direct // copies straight from registered memory
 	stage := func(src []byte, dst cu.DevicePtr) error {
+		if t.isRegistered(src) {
+			if k := len(direct) - 1; k >= 0 && direct[k].Dst+cu.DevicePtr(len(direct[k].Src)) == dst &&
+				uintptr(unsafe.Pointer(&direct[k].Src[0]))+uintptr(len(direct[k].Src)) == uintptr(unsafe.Pointer(&src[0])) {
+				direct[k].Src = unsafe.Slice(&direct[k].Src[0], len(direct[k].Src)+len(src))
+			} else {
+				direct = append(direct, gpu.Direct{Dst: dst, Src: src})
+			}
+			return nil
+		}
 		for done := 0; done < len(src); {
 			if buf < 0 || fill == len(t.staging[buf].Bytes) {
 				if err := flush(); err != nil {
@@ -227,6 +274,15 @@ func (t *DeviceTier) Promote(pages []*Page) ([]DevicePage, error) {
 	}
 	if ferr := flush(); err == nil {
 		err = ferr
+	}
+	if len(direct) > 0 && err == nil {
+		// Straight copies go on their own stream: the first staging
+		// buffer's, after whatever it holds.
+		if settleErr := settle(0); settleErr != nil {
+			err = settleErr
+		} else if err = t.ctx.CopyInDirect(direct, t.streams[0]); err == nil {
+			err = t.ctx.Sync(t.streams[0])
+		}
 	}
 	for b := range queued {
 		if serr := settle(b); err == nil {

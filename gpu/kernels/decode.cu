@@ -36,7 +36,39 @@ __device__ __forceinline__ void loadRow(const unsigned short* row, int lane, flo
 	}
 }
 
-template <int D, int G, int UNROLL>
+// warpSumTransposed sums each of the N (a power of two, at most 32) values
+// v[i] over the warp, leaving every total in every lane, with 2N shuffles
+// instead of 5N: at each halving step a lane keeps half the values and
+// sends the other half to its partner, so after log2(N) steps lane L holds
+// the partial of value (L >> (5 - log2 N)) ... then one or more full steps
+// finish it, and N broadcasts hand all the totals to every lane.
+template <int N>
+__device__ __forceinline__ void warpSumTransposed(float* v, int lane) {
+	int n = N;
+	int o = 16;
+#pragma unroll
+	for (; n > 1; n >>= 1, o >>= 1) {
+		const bool upper = lane & o;
+#pragma unroll
+		for (int i = 0; i < n / 2; i++) {
+			const float send = upper ? v[i] : v[i + n / 2];
+			const float keep = upper ? v[i + n / 2] : v[i];
+			v[i] = keep + __shfl_xor_sync(0xffffffffu, send, o);
+		}
+	}
+	// Lanes that differ only in the bits below o hold partials of the same
+	// value: finish the sum over them.
+#pragma unroll
+	for (; o > 0; o >>= 1) v[0] += __shfl_xor_sync(0xffffffffu, v[0], o);
+	// Value i now sits in the lanes whose bits 4, 3, ... (from the top)
+	// spell i: lane i << (5 - log2 N).
+	constexpr int shift = (N >= 32) ? 0 : (N >= 16) ? 1 : (N >= 8) ? 2 : (N >= 4) ? 3 : (N >= 2) ? 4 : 5;
+	const float mine = v[0];
+#pragma unroll
+	for (int i = 0; i < N; i++) v[i] = __shfl_sync(0xffffffffu, mine, i << shift);
+}
+
+template <int D, int G, int UNROLL, bool TRANSPOSE>
 __device__ void decode_split(const float* __restrict__ q, const unsigned long long* __restrict__ kpages,
                              const unsigned long long* __restrict__ vpages, const long long* __restrict__ lens,
                              float* __restrict__ pm, float* __restrict__ pl, float* __restrict__ pacc,
@@ -75,18 +107,33 @@ __device__ void decode_split(const float* __restrict__ q, const unsigned long lo
 			loadRow<D>(kr, lane, kf[u]);
 			loadRow<D>(vr, lane, vf[u]);
 		}
+		// The G×UNROLL dot products: each lane holds a partial of each,
+		// then the warp sums them.
+		float dots[G * UNROLL];
+#pragma unroll
+		for (int h = 0; h < G; h++)
+#pragma unroll
+			for (int u = 0; u < UNROLL; u++) {
+				float d = 0.f;
+#pragma unroll
+				for (int c = 0; c < C; c++) d += qr[h][c] * kf[u][c];
+				dots[h * UNROLL + u] = d;
+			}
+		if (TRANSPOSE && G * UNROLL <= 32) {
+			warpSumTransposed<G * UNROLL>(dots, lane);
+		} else {
+#pragma unroll
+			for (int i = 0; i < G * UNROLL; i++)
+#pragma unroll
+				for (int o = 16; o > 0; o >>= 1) dots[i] += __shfl_xor_sync(0xffffffffu, dots[i], o);
+		}
 #pragma unroll
 		for (int h = 0; h < G; h++) {
 			float sc[UNROLL];
 			float mx = m[h];
 #pragma unroll
 			for (int u = 0; u < UNROLL; u++) {
-				float d = 0.f;
-#pragma unroll
-				for (int c = 0; c < C; c++) d += qr[h][c] * kf[u][c];
-#pragma unroll
-				for (int o = 16; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
-				sc[u] = (base + u < t1) ? d : -INFINITY;
+				sc[u] = (base + u < t1) ? dots[h * UNROLL + u] : -INFINITY;
 				mx = fmaxf(mx, sc[u]);
 			}
 			const float corr = __expf(m[h] - mx); // 0 when m was -inf
@@ -152,18 +199,21 @@ __device__ void decode_merge(const float* __restrict__ pm, const float* __restri
 	}
 }
 
-// Each warp takes UNROLL tokens at a time: their K and V rows are all
-// loaded before any is used, so that many loads are in flight.
-#define SPLIT(D, G, U)                                                                                           \
-	extern "C" __global__ void __launch_bounds__(WARPS * 32) decode_split_d##D##_g##G##_u##U(                      \
+// Each warp takes U tokens at a time: their K and V rows are all loaded
+// before any is used, so that many loads are in flight. The _t variants
+// sum the dot products with warpSumTransposed.
+#define SPLIT(D, G, U, T, NAME)                                                                                  \
+	extern "C" __global__ void __launch_bounds__(WARPS * 32) decode_split_d##D##_g##G##_u##U##NAME(                \
 	    const float* q, const unsigned long long* kpages, const unsigned long long* vpages, const long long* lens,   \
 	    float* pm, float* pl, float* pacc, long long kvh, long long block, long long maxPages, long long splits) { \
-		decode_split<D, G, U>(q, kpages, vpages, lens, pm, pl, pacc, kvh, block, maxPages, splits);              \
+		decode_split<D, G, U, T>(q, kpages, vpages, lens, pm, pl, pacc, kvh, block, maxPages, splits);           \
 	}
 
 #define VARIANT(D, G)                                                                                            \
-	SPLIT(D, G, 4)                                                                                               \
-	SPLIT(D, G, 8)                                                                                               \
+	SPLIT(D, G, 4, false, )                                                                                      \
+	SPLIT(D, G, 8, false, )                                                                                      \
+	SPLIT(D, G, 4, true, _t)                                                                                     \
+	SPLIT(D, G, 8, true, _t)                                                                                     \
 	extern "C" __global__ void decode_merge_d##D##_g##G(const float* pm, const float* pl, const float* pacc,        \
 	                                                     float* out, long long kvh, long long splits) {            \
 		decode_merge<D, G>(pm, pl, pacc, out, kvh, splits);                                                      \
