@@ -32,16 +32,16 @@ type Decoder struct {
 	heads, kvHeads, headDim, block int
 	sms                            int
 
-	// Variant picks the split kernel: "u4" or "u8" (tokens each warp
-	// loads before using them), with "t" (u4t, u8t) for the transposed warp
-	// reduction of the dot products. SplitFactor is the thread blocks per
-	// multiprocessor Splits aims for. Set them before launching.
+	// Variant picks the split kernel: "u2", "u4" or "u8", the tokens each
+	// warp loads (while it computes the previous ones) before using them.
+	// SplitFactor is the thread blocks per multiprocessor Splits aims for.
+	// Set them before launching.
 	Variant     string
 	SplitFactor int
 }
 
 // Variants lists the decode split kernels.
-var Variants = []string{"u4", "u8", "u4t", "u8t"}
+var Variants = []string{"u2", "u4", "u8"}
 
 // NewDecoder loads the kernel for the geometry: head_dim 32, 64 or 128 and
 // 1, 2, 4 or 8 query heads per KV head.
@@ -54,18 +54,14 @@ func NewDecoder(c *Context, heads, kvHeads, headDim, blockTokens int) (*Decoder,
 		return nil, fmt.Errorf("gpu: no decode kernel for head_dim %d and %d query heads per KV head (have 32, 64, 128 and 1, 2, 4, 8)", headDim, g)
 	}
 	d := &Decoder{c: c, heads: heads, kvHeads: kvHeads, headDim: headDim, block: blockTokens,
-		splits: map[string]cu.Function{}, Variant: "u4t", SplitFactor: 16}
+		splits: map[string]cu.Function{}, Variant: "u4", SplitFactor: 16}
 	err := c.Do(func() (err error) {
 		if d.mod, err = cu.LoadData(decodePTX); err != nil {
 			return fmt.Errorf("loading the decode module: %w", err)
 		}
 		suffix := fmt.Sprintf("_d%d_g%d", headDim, g)
 		for _, v := range Variants {
-			name := "decode_split" + suffix + "_" + v[:2]
-			if len(v) > 2 {
-				name += "_" + v[2:]
-			}
-			f, err := d.mod.Function(name)
+			f, err := d.mod.Function("decode_split" + suffix + "_" + v)
 			if err != nil {
 				return err
 			}

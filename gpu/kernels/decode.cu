@@ -36,39 +36,7 @@ __device__ __forceinline__ void loadRow(const unsigned short* row, int lane, flo
 	}
 }
 
-// warpSumTransposed sums each of the N (a power of two, at most 32) values
-// v[i] over the warp, leaving every total in every lane, with 2N shuffles
-// instead of 5N: at each halving step a lane keeps half the values and
-// sends the other half to its partner, so after log2(N) steps lane L holds
-// the partial of value (L >> (5 - log2 N)) ... then one or more full steps
-// finish it, and N broadcasts hand all the totals to every lane.
-template <int N>
-__device__ __forceinline__ void warpSumTransposed(float* v, int lane) {
-	int n = N;
-	int o = 16;
-#pragma unroll
-	for (; n > 1; n >>= 1, o >>= 1) {
-		const bool upper = lane & o;
-#pragma unroll
-		for (int i = 0; i < n / 2; i++) {
-			const float send = upper ? v[i] : v[i + n / 2];
-			const float keep = upper ? v[i + n / 2] : v[i];
-			v[i] = keep + __shfl_xor_sync(0xffffffffu, send, o);
-		}
-	}
-	// Lanes that differ only in the bits below o hold partials of the same
-	// value: finish the sum over them.
-#pragma unroll
-	for (; o > 0; o >>= 1) v[0] += __shfl_xor_sync(0xffffffffu, v[0], o);
-	// Value i now sits in the lanes whose bits 4, 3, ... (from the top)
-	// spell i: lane i << (5 - log2 N).
-	constexpr int shift = (N >= 32) ? 0 : (N >= 16) ? 1 : (N >= 8) ? 2 : (N >= 4) ? 3 : (N >= 2) ? 4 : 5;
-	const float mine = v[0];
-#pragma unroll
-	for (int i = 0; i < N; i++) v[i] = __shfl_sync(0xffffffffu, mine, i << shift);
-}
-
-template <int D, int G, int UNROLL, bool TRANSPOSE>
+template <int D, int G, int UNROLL>
 __device__ void decode_split(const float* __restrict__ q, const unsigned long long* __restrict__ kpages,
                              const unsigned long long* __restrict__ vpages, const long long* __restrict__ lens,
                              float* __restrict__ pm, float* __restrict__ pl, float* __restrict__ pacc,
@@ -94,19 +62,35 @@ __device__ void decode_split(const float* __restrict__ q, const unsigned long lo
 	const unsigned long long* vp = vpages + b * maxPages;
 	const long long headOff = (long long)g * block * D; // elements
 
-	// Warp w takes tokens t0 + w*UNROLL + k*WARPS*UNROLL ... in groups of UNROLL.
-	for (long long base = t0 + warp * UNROLL; base < t1; base += WARPS * UNROLL) {
-		float kf[UNROLL][C], vf[UNROLL][C];
+	// Token t's row: page t >> shift (or t / block when block is not a
+	// power of two) and slot t - page*block, in 32-bit arithmetic: 64-bit
+	// division costs dozens of instructions per lane and token.
+	const int blk = (int)block;
+	const int shift = (blk & (blk - 1)) == 0 ? __ffs(blk) - 1 : -1;
+	const int T0 = (int)t0, T1 = (int)t1;
+	auto rowOff = [&](int t, const unsigned long long* pages) {
+		const int page = shift >= 0 ? (t >> shift) : (t / blk);
+		const int slot = t - page * blk;
+		return reinterpret_cast<const unsigned short*>(pages[page]) + headOff + (long long)slot * D;
+	};
+
+	// Warp w takes tokens T0 + w*UNROLL + k*WARPS*UNROLL ... in groups of
+	// UNROLL, loading the next group's rows before computing this one's
+	// (software pipelining), so a warp always has loads in flight.
+	float kf[UNROLL][C], vf[UNROLL][C], kn[UNROLL][C], vn[UNROLL][C];
+	auto load = [&](int base, float (*kd)[C], float (*vd)[C]) {
 #pragma unroll
 		for (int u = 0; u < UNROLL; u++) {
-			long long t = base + u;
-			if (t >= t1) t = t0; // any valid row; its weight is zeroed below
-			long long page = t / block, slot = t % block;
-			const unsigned short* kr = reinterpret_cast<const unsigned short*>(kp[page]) + headOff + slot * D;
-			const unsigned short* vr = reinterpret_cast<const unsigned short*>(vp[page]) + headOff + slot * D;
-			loadRow<D>(kr, lane, kf[u]);
-			loadRow<D>(vr, lane, vf[u]);
+			int t = base + u;
+			if (t >= T1) t = T0; // any valid row; its weight is zeroed below
+			loadRow<D>(rowOff(t, kp), lane, kd[u]);
+			loadRow<D>(rowOff(t, vp), lane, vd[u]);
 		}
+	};
+	if (T0 + warp * UNROLL < T1) load(T0 + warp * UNROLL, kf, vf);
+	for (int base = T0 + warp * UNROLL; base < T1; base += WARPS * UNROLL) {
+		const int nextBase = base + WARPS * UNROLL;
+		if (nextBase < T1) load(nextBase, kn, vn);
 		// The G×UNROLL dot products: each lane holds a partial of each,
 		// then the warp sums them.
 		float dots[G * UNROLL];
@@ -119,21 +103,17 @@ __device__ void decode_split(const float* __restrict__ q, const unsigned long lo
 				for (int c = 0; c < C; c++) d += qr[h][c] * kf[u][c];
 				dots[h * UNROLL + u] = d;
 			}
-		if (TRANSPOSE && G * UNROLL <= 32) {
-			warpSumTransposed<G * UNROLL>(dots, lane);
-		} else {
 #pragma unroll
-			for (int i = 0; i < G * UNROLL; i++)
+		for (int i = 0; i < G * UNROLL; i++)
 #pragma unroll
-				for (int o = 16; o > 0; o >>= 1) dots[i] += __shfl_xor_sync(0xffffffffu, dots[i], o);
-		}
+			for (int o = 16; o > 0; o >>= 1) dots[i] += __shfl_xor_sync(0xffffffffu, dots[i], o);
 #pragma unroll
 		for (int h = 0; h < G; h++) {
 			float sc[UNROLL];
 			float mx = m[h];
 #pragma unroll
 			for (int u = 0; u < UNROLL; u++) {
-				sc[u] = (base + u < t1) ? dots[h * UNROLL + u] : -INFINITY;
+				sc[u] = (base + u < T1) ? dots[h * UNROLL + u] : -INFINITY;
 				mx = fmaxf(mx, sc[u]);
 			}
 			const float corr = __expf(m[h] - mx); // 0 when m was -inf
@@ -149,6 +129,10 @@ __device__ void decode_split(const float* __restrict__ q, const unsigned long lo
 				for (int c = 0; c < C; c++) acc[h][c] += p * vf[u][c];
 			}
 		}
+#pragma unroll
+		for (int u = 0; u < UNROLL; u++)
+#pragma unroll
+			for (int c = 0; c < C; c++) { kf[u][c] = kn[u][c]; vf[u][c] = vn[u][c]; }
 	}
 
 	// Combine the warps' partials in shared memory, then write split s's.
@@ -200,20 +184,18 @@ __device__ void decode_merge(const float* __restrict__ pm, const float* __restri
 }
 
 // Each warp takes U tokens at a time: their K and V rows are all loaded
-// before any is used, so that many loads are in flight. The _t variants
-// sum the dot products with warpSumTransposed.
-#define SPLIT(D, G, U, T, NAME)                                                                                  \
-	extern "C" __global__ void __launch_bounds__(WARPS * 32) decode_split_d##D##_g##G##_u##U##NAME(                \
+// before any is used, so that many loads are in flight.
+#define SPLIT(D, G, U)                                                                                           \
+	extern "C" __global__ void __launch_bounds__(WARPS * 32) decode_split_d##D##_g##G##_u##U(                      \
 	    const float* q, const unsigned long long* kpages, const unsigned long long* vpages, const long long* lens,   \
 	    float* pm, float* pl, float* pacc, long long kvh, long long block, long long maxPages, long long splits) { \
-		decode_split<D, G, U, T>(q, kpages, vpages, lens, pm, pl, pacc, kvh, block, maxPages, splits);           \
+		decode_split<D, G, U>(q, kpages, vpages, lens, pm, pl, pacc, kvh, block, maxPages, splits);              \
 	}
 
 #define VARIANT(D, G)                                                                                            \
-	SPLIT(D, G, 4, false, )                                                                                      \
-	SPLIT(D, G, 8, false, )                                                                                      \
-	SPLIT(D, G, 4, true, _t)                                                                                     \
-	SPLIT(D, G, 8, true, _t)                                                                                     \
+	SPLIT(D, G, 2)                                                                                               \
+	SPLIT(D, G, 4)                                                                                               \
+	SPLIT(D, G, 8)                                                                                               \
 	extern "C" __global__ void decode_merge_d##D##_g##G(const float* pm, const float* pl, const float* pacc,        \
 	                                                     float* out, long long kvh, long long splits) {            \
 		decode_merge<D, G>(pm, pl, pacc, out, kvh, splits);                                                      \
