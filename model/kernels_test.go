@@ -132,29 +132,57 @@ func (c *kernelCase) run(ks *kernels) (sb, sf, ab, af []float32) {
 	return
 }
 
-// reference computes the kernels in float64.
-func (c *kernelCase) reference() (scores, acc []float32) {
-	scores = c.newOut()
+// reference computes the kernels in float64, and for each output the sum
+// of the magnitudes of its terms: float32 sums in any order are within a
+// small multiple of the unit roundoff times that, however much the terms
+// cancel.
+func (c *kernelCase) reference() (scores, acc, scoresMag, accMag []float32) {
+	scores, scoresMag = c.newOut(), c.newOut()
 	acc = append([]float32(nil), c.acc0...)
+	accMag = make([]float32, len(acc))
 	for h := range c.nh {
 		for t := range c.n {
-			var s float64
+			var s, m float64
 			for j := range c.d {
 				kv := tensor.F32FromBF16(binary.LittleEndian.Uint16(c.kb[2*(t*c.d+j):]))
 				s += float64(c.q[h*c.d+j]) * float64(kv)
+				m += math.Abs(float64(c.q[h*c.d+j]) * float64(kv))
 			}
 			scores[h*c.stride+t] = float32(float64(c.scale) * s)
+			scoresMag[h*c.stride+t] = float32(float64(c.scale) * m)
 		}
 		for j := range c.d {
 			s := float64(c.acc0[h*c.d+j])
+			m := math.Abs(s)
 			for t := range c.n {
 				vv := tensor.F32FromBF16(binary.LittleEndian.Uint16(c.vb[2*(t*c.d+j):]))
 				s += float64(c.p[h*c.stride+t]) * float64(vv)
+				m += math.Abs(float64(c.p[h*c.stride+t]) * float64(vv))
 			}
 			acc[h*c.d+j] = float32(s)
+			accMag[h*c.d+j] = float32(m)
 		}
 	}
 	return
+}
+
+// sumErr is ‖a−b‖/‖mag‖ over the elements mag covers: the error of sums
+// relative to the size of their terms (mag from reference), which bounds
+// rounding whatever the order of summation.
+func sumErr(a, b, mag []float32) float64 {
+	var num, den float64
+	for i := range mag {
+		if mag[i] == sentinel {
+			continue
+		}
+		d := float64(a[i]) - float64(b[i])
+		num += d * d
+		den += float64(mag[i]) * float64(mag[i])
+	}
+	if den == 0 {
+		return math.Sqrt(num)
+	}
+	return math.Sqrt(num / den)
 }
 
 func testKernelSets(t *testing.T) []*kernels {
@@ -170,13 +198,13 @@ func TestKernelsReference(t *testing.T) {
 	for _, ks := range testKernelSets(t) {
 		for _, s := range kernelShapes(r) {
 			c := newKernelCase(r, s)
-			wantS, wantA := c.reference()
+			wantS, wantA, magS, magA := c.reference()
 			sb, sf, ab, af := c.run(ks)
 			for _, x := range []struct {
-				what      string
-				got, want []float32
-			}{{"scoresBF16", sb, wantS}, {"scoresF32", sf, wantS}, {"accumBF16", ab, wantA}, {"accumF32", af, wantA}} {
-				if e := relErr(x.got, x.want); e > 1e-5 {
+				what           string
+				got, want, mag []float32
+			}{{"scoresBF16", sb, wantS, magS}, {"scoresF32", sf, wantS, magS}, {"accumBF16", ab, wantA, magA}, {"accumF32", af, wantA, magA}} {
+				if e := sumErr(x.got, x.want, x.mag); e > 1e-5 {
 					t.Errorf("%s %s %v: relative error %.3g against float64", ks.name, x.what, s, e)
 				}
 			}
@@ -196,13 +224,14 @@ func TestKernelsVectorMatchesGo(t *testing.T) {
 	r := kernelRand(t)
 	for _, s := range kernelShapes(r) {
 		c := newKernelCase(r, s)
+		_, _, magS, magA := c.reference()
 		gsb, gsf, gab, gaf := c.run(goKernels)
 		vsb, vsf, vab, vaf := c.run(vecKernels)
 		for _, x := range []struct {
-			what      string
-			got, want []float32
-		}{{"scoresBF16", vsb, gsb}, {"scoresF32", vsf, gsf}, {"accumBF16", vab, gab}, {"accumF32", vaf, gaf}} {
-			if e := relErr(x.got, x.want); e > 1e-5 {
+			what           string
+			got, want, mag []float32
+		}{{"scoresBF16", vsb, gsb, magS}, {"scoresF32", vsf, gsf, magS}, {"accumBF16", vab, gab, magA}, {"accumF32", vaf, gaf, magA}} {
+			if e := sumErr(x.got, x.want, x.mag); e > 1e-5 {
 				t.Errorf("%s %v: avx2 vs go relative error %.3g", x.what, s, e)
 			}
 		}
