@@ -324,7 +324,11 @@ func (r *Report) WriteText(w io.Writer) error {
 	fmt.Fprintf(w, "tokens/s          %.1f (%.1f requests/s)\n", r.TokensPerSecond, r.RequestsPerSecond)
 	fmt.Fprintf(w, "pages committed   %d (%d kept private: tier full)\n", r.Pages.Committed, r.Pages.CommitFailures)
 	if a := r.Attention; a.Kernel != "" {
-		fmt.Fprintf(w, "attention         %s (%s loops, %d threads)", a.Kernel, a.Loops, a.Threads)
+		threads := "threads"
+		if a.Threads == 1 {
+			threads = "thread"
+		}
+		fmt.Fprintf(w, "attention         %s (%s loops, %d %s)", a.Kernel, a.Loops, a.Threads, threads)
 		if a.Kernel == model.KernelBlockSparse {
 			fmt.Fprintf(w, ", top_k %d, recent %d, %s router", a.TopK, a.Recent, a.Router)
 		}
