@@ -21,6 +21,7 @@ build() {
   # Stripped: the device machine takes at most 64 MiB of tree and binaries.
   go test -tags cuda -ldflags "-s -w" -c -o "$out/gpu.test" ./gpu
   go test -tags cuda -ldflags "-s -w" -c -o "$out/devicetest.test" ./storage/devicetest
+  go test -tags cuda -ldflags "-s -w" -c -o "$out/stages.test" ./stages
   echo "built: $(ls "$out" | tr '\n' ' ')"
 }
 
@@ -33,6 +34,8 @@ run() {
   (cd gpu && "../$out/gpu.test" -test.v -test.count=1 -test.run . 2>&1) | tee -a "$log" | grep -E '^(=== RUN|--- |PASS|FAIL|ok)|GPU vs|errors vs' || true
   echo "== device tier tests" | tee -a "$log"
   (cd storage/devicetest && "../../$out/devicetest.test" -test.v -test.count=1 -test.run . 2>&1) | tee -a "$log" | grep -E '^(--- |PASS|FAIL)' || true
+  echo "== pipeline with a gpu tier" | tee -a "$log"
+  (cd stages && "../$out/stages.test" -test.v -test.count=1 -test.run 'TestRunGPUTier|TestRunCachedOutputsEqualRecompute' 2>&1) | tee -a "$log" | grep -E '^(--- |PASS|FAIL)|gpu tier' || true
   echo "== benchmarks" | tee -a "$log"
   (cd gpu && "../$out/gpu.test" -test.run '^$' -test.bench . -test.benchtime 5x 2>&1) | tee -a "$log" | grep -E '^Benchmark' || true
   (cd storage/devicetest && "../../$out/devicetest.test" -test.run '^$' -test.bench . -test.benchtime 3x 2>&1) | tee -a "$log" | grep -E '^Benchmark' || true

@@ -94,7 +94,8 @@ func (s *AttendSettings) options(headDim, threads int) (model.Options, error) {
 // is the step's stall.
 type Attend struct {
 	env    *Env
-	layers []*model.Attention // env's layers with the stage's kernel
+	kernel *model.Kernel      // the stage's CPU kernel
+	layers []*model.Attention // env's layers with it
 }
 
 // NewAttend returns the attend stage with the dense kernel on one thread.
@@ -116,6 +117,7 @@ func NewAttendWith(env *Env, opts model.Options) (*Attend, error) {
 	if err != nil {
 		return nil, err
 	}
+	a.kernel = k
 	for l := range env.layers {
 		a.layers = append(a.layers, env.Layer(l).WithKernel(k))
 	}
@@ -164,7 +166,13 @@ func (a *Attend) Process(ctx context.Context, s *Step) (*Step, error) {
 		pos[i] = r.Positions[i][s.Start:s.End]
 	}
 	s.Out = make([]float32, n*hidden)
-	if err := a.layers[s.Layer].Forward(x, pos, s.KV, s.Start, s.Out); err != nil {
+	layer := a.layers[s.Layer]
+	if env.gpu != nil {
+		if at := env.gpu.attender(s, a.kernel); at != nil {
+			layer = layer.WithAttender(at)
+		}
+	}
+	if err := layer.Forward(x, pos, s.KV, s.Start, s.Out); err != nil {
 		return nil, err
 	}
 	s.Seq.wrote(s.Layer, s.End)

@@ -50,6 +50,9 @@ type Plan struct {
 	Metadata bool
 	// SSD is the ssd tier, nil when the cache has none.
 	SSD *SSDPlan
+	// GPUCapacity is the gpu tier's capacity in bytes (the `cuda` build on
+	// a machine with a GPU only); 0 without one.
+	GPUCapacity int64
 	// PrefetchWorkers is the number of page loads from the ssd tier run at
 	// once: the prefetch stage's workers, or DefaultPrefetchWorkers.
 	PrefetchWorkers int
@@ -313,7 +316,14 @@ func (p *Plan) cache(c *config.Cache) hcl.Diagnostics {
 			n = storage.Unlimited
 		}
 		if t.Name == "gpu" {
-			return hcl.Diagnostics{config.ErrorAt(t.DeclRange, "GPU tier unavailable", gpuTierUnavailable())}
+			if why := gpuTierUnavailable(); why != "" {
+				return hcl.Diagnostics{config.ErrorAt(t.DeclRange, "GPU tier unavailable", why)}
+			}
+			if n == storage.Unlimited || n < 1<<20 {
+				return hcl.Diagnostics{config.ErrorAt(capAt, "Invalid capacity", "the gpu tier needs a capacity of at least 1MiB.")}
+			}
+			p.GPUCapacity = n
+			continue
 		}
 		if t.Name == "ssd" {
 			if n == 0 {
@@ -543,7 +553,8 @@ func (p *Plan) Namespace() string {
 		m.HiddenSize, m.NumHeads, m.NumKVHeads, m.HeadDim, m.RopeTheta, m.MRopeSection, m.RMSNormEps, p.Seed, p.DType, p.BlockTokens)
 }
 
-// gpuTierUnavailable says why a pipeline cannot have a GPU tier here.
+// gpuTierUnavailable says why a pipeline cannot have a GPU tier here, or
+// "" when it can: a `cuda` build on a machine with an NVIDIA GPU.
 func gpuTierUnavailable() string {
 	if !gpu.Built {
 		return "this flow binary was built without CUDA. Build it with `go build -tags cuda ./cmd/flow` where the CUDA kit is installed (see the README's GPU section), and run it on a machine with an NVIDIA GPU."
@@ -551,5 +562,5 @@ func gpuTierUnavailable() string {
 	if info := gpu.Discover(); len(info.Devices) == 0 {
 		return info.Absent + "."
 	}
-	return "the KV cache manager does not take a GPU tier yet: storage.DeviceTier and the GPU decode kernel exist and are tested (scripts/gpu-check.sh), but the manager holds one memory tier and one store."
+	return ""
 }

@@ -56,6 +56,10 @@ type Env struct {
 	// until the stage is built. Guarded by mu.
 	kernel *model.Kernel
 
+	// gpu runs decode steps' attention on the GPU over its device tier;
+	// nil without a gpu tier. Set before the run starts.
+	gpu gpuAttention
+
 	requests       atomic.Int64
 	promptTokens   atomic.Int64
 	cachedTokens   atomic.Int64

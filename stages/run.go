@@ -124,6 +124,14 @@ func (p *Plan) Run(ctx context.Context, o RunOptions) (*Report, error) {
 	}
 	log.Debug("model ready", "layers", p.Model.NumLayers, "elapsed", time.Since(t0).Round(time.Millisecond))
 
+	if p.GPUCapacity > 0 {
+		g, err := newGPUAttention(p)
+		if err != nil {
+			return nil, errors.Join(err, closeStores())
+		}
+		env.gpu = g
+		defer g.close()
+	}
 	env.inflight = make(chan struct{}, p.MaxActive)
 	pl := pipeline.New()
 	total := 0
@@ -195,6 +203,9 @@ func (p *Plan) Run(ctx context.Context, o RunOptions) (*Report, error) {
 	// The report describes the tiers as the run left them, before the ssd
 	// tier closes.
 	r := newReport(p, env, pl.Metrics(), mgr, pfStats, memoryReport(host, pool), wall)
+	if env.gpu != nil {
+		r.Tiers = append(r.Tiers, env.gpu.stats())
+	}
 	r.StepStalls = stalls
 	if err := closeStores(); err != nil && runErr == nil {
 		runErr = fmt.Errorf("ssd tier: %w", err)

@@ -1,0 +1,19 @@
+package stages
+
+import (
+	"github.com/kvflow/kvflow/model"
+	"github.com/kvflow/kvflow/storage"
+)
+
+// gpuAttention is the GPU side of a run with a `tier "gpu"`: decode steps
+// attend on the GPU over pages cached in its device tier (L1 above the host
+// tier). Only the `cuda` build has an implementation (gpu_cuda.go); in the
+// default build a GPU tier never validates.
+type gpuAttention interface {
+	// attender returns the attention of step s on the GPU, or nil when s
+	// is not a step the GPU kernel takes (prefill, a geometry or dtype it
+	// lacks).
+	attender(s *Step, cpu *model.Kernel) model.Attender
+	stats() storage.TierStats
+	close() error
+}
