@@ -59,15 +59,7 @@ func TestDeviceTierPromote(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	k, v := make([]byte, 256<<10), make([]byte, 256<<10)
-	for i, dp := range dps {
-		if err := tier.Read(dp, k, v); err != nil {
-			t.Fatal(err)
-		}
-		if !bytes.Equal(k, ps[i].K) || !bytes.Equal(v, ps[i].V) {
-			t.Fatalf("page %d differs after the round trip", i)
-		}
-	}
+	checkRoundTrip(t, tier, dps, ps)
 	again, err := tier.Promote(ps[:2])
 	if err != nil || again[0] != dps[0] || again[1] != dps[1] {
 		t.Fatalf("promoting resident pages again: %v, %+v", err, again)
@@ -88,6 +80,21 @@ func TestDeviceTierPromote(t *testing.T) {
 	// Everything pinned now: one more page cannot fit.
 	if _, err := tier.Promote(pages(16, 256<<10, 3)); !errors.Is(err, storage.ErrNoSpace) {
 		t.Fatalf("promote into a tier full of pinned pages: %v, want ErrNoSpace", err)
+	}
+}
+
+// checkRoundTrip reads each device page back and compares it with the
+// host page it came from.
+func checkRoundTrip(t *testing.T, tier *storage.DeviceTier, dps []storage.DevicePage, ps []*storage.Page) {
+	t.Helper()
+	for i, dp := range dps {
+		k, v := make([]byte, dp.Size), make([]byte, dp.Size)
+		if err := tier.Read(dp, k, v); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(k, ps[i].K) || !bytes.Equal(v, ps[i].V) {
+			t.Fatalf("page %d differs after the round trip", i)
+		}
 	}
 }
 
@@ -129,15 +136,7 @@ func TestDeviceTierPromoteRegistered(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	k, v := make([]byte, 256<<10), make([]byte, 256<<10)
-	for i, dp := range dps {
-		if err := tier.Read(dp, k, v); err != nil {
-			t.Fatal(err)
-		}
-		if !bytes.Equal(k, mixed[i].K) || !bytes.Equal(v, mixed[i].V) {
-			t.Fatalf("page %d differs after the round trip", i)
-		}
-	}
+	checkRoundTrip(t, tier, dps, mixed)
 }
 
 // BenchmarkPromote promotes 1 GiB of 8B-shaped pages (128 KiB K + 128 KiB
