@@ -71,6 +71,13 @@ func (a *Align) Process(ctx context.Context, s *Step) (*Step, error) {
 	seq.sums[s.Layer] = sums
 	kv.Summaries = sums[:blocks:blocks]
 	s.KV = kv
+	if env.gpu != nil {
+		// Start the device copies of the step's full blocks now: they run
+		// while earlier steps attend.
+		seq.mu.Unlock()
+		env.gpu.ahead(s)
+		seq.mu.Lock()
+	}
 	return s, nil
 }
 

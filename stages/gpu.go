@@ -14,6 +14,10 @@ type gpuAttention interface {
 	// is not a step the GPU kernel takes (prefill, a geometry or dtype it
 	// lacks).
 	attender(s *Step, cpu *model.Kernel) model.Attender
+	// ahead promotes the full blocks of decode step s's view into the
+	// device tier, so that the copies run while other steps attend (align
+	// calls it; attend then finds them resident).
+	ahead(s *Step)
 	stats() storage.TierStats
 	close() error
 }

@@ -70,6 +70,38 @@ func (g *cudaAttention) stats() storage.TierStats {
 		Pages: s.Entries, Hits: s.Hits, Misses: s.Misses}
 }
 
+func (g *cudaAttention) ahead(s *Step) {
+	if g.dec == nil || !s.Decode || s.KV == nil || s.KV.DType != model.BF16 {
+		return
+	}
+	pages := fullBlocks(s)
+	if len(pages) == 0 {
+		return
+	}
+	if _, err := g.tier.Promote(pages); err != nil {
+		return // attend promotes (or reports) what is missing
+	}
+	for _, p := range pages {
+		g.tier.Unpin(p.Key)
+	}
+}
+
+// fullBlocks returns the pages of s's view that hold full blocks with a
+// key (immutable: every tier shares them by key), skipping pages still
+// loading.
+func fullBlocks(s *Step) []*storage.Page {
+	kv, bt := s.KV, s.KV.BlockTokens
+	total := s.End
+	var ps []*storage.Page
+	for j := 0; (j+1)*bt <= total && j < len(s.Seq.Keys) && j < len(kv.K); j++ {
+		if kv.K[j] == nil || kv.V[j] == nil {
+			continue
+		}
+		ps = append(ps, &storage.Page{Key: storage.PageKey{Block: s.Seq.Keys[j], Layer: s.Layer}, K: kv.K[j], V: kv.V[j]})
+	}
+	return ps
+}
+
 func (g *cudaAttention) attender(s *Step, cpu *model.Kernel) model.Attender {
 	if g.dec == nil || !s.Decode || s.End-s.Start != 1 || s.KV == nil || s.KV.DType != model.BF16 {
 		return nil
