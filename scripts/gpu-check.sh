@@ -35,7 +35,7 @@ run() {
   echo "== device tier tests" | tee -a "$log"
   (cd storage/devicetest && "../../$out/devicetest.test" -test.v -test.count=1 -test.run . 2>&1) | tee -a "$log" | grep -E '^(--- |PASS|FAIL)' || true
   echo "== pipeline with a gpu tier" | tee -a "$log"
-  (cd stages && "../$out/stages.test" -test.v -test.count=1 -test.run 'TestRunGPUTier|TestRunCachedOutputsEqualRecompute' 2>&1) | tee -a "$log" | grep -E '^(--- |PASS|FAIL)|gpu tier' || true
+  (cd stages && "../$out/stages.test" -test.v -test.count=1 -test.run 'TestRunGPUTier|TestRunCachedOutputsEqualRecompute' 2>&1) | tee -a "$log" | grep -E '^(--- |PASS|FAIL)|gpu tier|_test.go' || true
   echo "== benchmarks" | tee -a "$log"
   (cd gpu && "../$out/gpu.test" -test.run '^$' -test.bench . -test.benchtime 5x 2>&1) | tee -a "$log" | grep -E '^Benchmark' || true
   (cd storage/devicetest && "../../$out/devicetest.test" -test.run '^$' -test.bench . -test.benchtime 3x 2>&1) | tee -a "$log" | grep -E '^Benchmark' || true

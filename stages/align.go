@@ -72,10 +72,12 @@ func (a *Align) Process(ctx context.Context, s *Step) (*Step, error) {
 	kv.Summaries = sums[:blocks:blocks]
 	s.KV = kv
 	if env.gpu != nil {
-		// Start the device copies of the step's full blocks now: they run
-		// while earlier steps attend.
+		// Start the device copies of the step's full blocks now, so they
+		// run while earlier steps attend; only blocks whose K/V are
+		// written (an earlier step of this layer may still be in attend).
+		written := seq.written[s.Layer]
 		seq.mu.Unlock()
-		env.gpu.ahead(s)
+		env.gpu.ahead(s, written)
 		seq.mu.Lock()
 	}
 	return s, nil

@@ -14,10 +14,11 @@ type gpuAttention interface {
 	// is not a step the GPU kernel takes (prefill, a geometry or dtype it
 	// lacks).
 	attender(s *Step, cpu *model.Kernel) model.Attender
-	// ahead promotes the full blocks of decode step s's view into the
-	// device tier, so that the copies run while other steps attend (align
-	// calls it; attend then finds them resident).
-	ahead(s *Step)
+	// ahead promotes the full blocks of decode step s's view among its
+	// first written tokens (whose K/V are final) into the device tier, so
+	// that the copies run while other steps attend (align calls it;
+	// attend then finds them resident).
+	ahead(s *Step, written int)
 	stats() storage.TierStats
 	close() error
 }

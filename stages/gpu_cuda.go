@@ -70,11 +70,11 @@ func (g *cudaAttention) stats() storage.TierStats {
 		Pages: s.Entries, Hits: s.Hits, Misses: s.Misses}
 }
 
-func (g *cudaAttention) ahead(s *Step) {
+func (g *cudaAttention) ahead(s *Step, written int) {
 	if g.dec == nil || !s.Decode || s.KV == nil || s.KV.DType != model.BF16 {
 		return
 	}
-	pages := fullBlocks(s)
+	pages := fullBlocks(s, min(s.End, written))
 	if len(pages) == 0 {
 		return
 	}
@@ -86,12 +86,11 @@ func (g *cudaAttention) ahead(s *Step) {
 	}
 }
 
-// fullBlocks returns the pages of s's view that hold full blocks with a
-// key (immutable: every tier shares them by key), skipping pages still
-// loading.
-func fullBlocks(s *Step) []*storage.Page {
+// fullBlocks returns the pages of s's view that hold full blocks of the
+// first total tokens with a key (immutable: every tier shares them by key),
+// skipping pages still loading.
+func fullBlocks(s *Step, total int) []*storage.Page {
 	kv, bt := s.KV, s.KV.BlockTokens
-	total := s.End
 	var ps []*storage.Page
 	for j := 0; (j+1)*bt <= total && j < len(s.Seq.Keys) && j < len(kv.K); j++ {
 		if kv.K[j] == nil || kv.V[j] == nil {
