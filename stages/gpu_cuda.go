@@ -3,6 +3,7 @@
 package stages
 
 import (
+	"errors"
 	"fmt"
 	"sync"
 
@@ -64,42 +65,18 @@ func (g *cudaAttention) close() error {
 	return g.ctx.Close()
 }
 
-func (g *cudaAttention) stats() storage.TierStats {
-	s := g.tier.Stats()
-	return storage.TierStats{Name: "gpu", CapacityBytes: s.Capacity, UsedBytes: s.Weight, PinnedBytes: s.PinnedWeight,
-		Pages: s.Entries, Hits: s.Hits, Misses: s.Misses}
-}
-
 func (g *cudaAttention) ahead(s *Step, written int) {
-	if g.dec == nil || !s.Decode || s.KV == nil || s.KV.DType != model.BF16 {
+	if g.dec == nil || !s.Decode || s.KV == nil || s.KV.DType != model.BF16 || s.Seq.Lease == nil {
 		return
 	}
-	pages := fullBlocks(s, min(s.End, written))
-	if len(pages) == 0 {
-		return
-	}
-	if _, err := g.tier.Promote(pages); err != nil {
-		return // attend promotes (or reports) what is missing
-	}
-	for _, p := range pages {
-		g.tier.Unpin(p.Key)
-	}
+	// A full device tier is not an error here: attend stages what is
+	// missing, or falls back to the CPU.
+	s.Seq.Lease.PinDevice(fullBlocks(s, min(s.End, written)))
 }
 
-// fullBlocks returns the pages of s's view that hold full blocks of the
-// first total tokens with a key (immutable: every tier shares them by key),
-// skipping pages still loading.
-func fullBlocks(s *Step, total int) []*storage.Page {
-	kv, bt := s.KV, s.KV.BlockTokens
-	var ps []*storage.Page
-	for j := 0; (j+1)*bt <= total && j < len(s.Seq.Keys) && j < len(kv.K); j++ {
-		if kv.K[j] == nil || kv.V[j] == nil {
-			continue
-		}
-		ps = append(ps, &storage.Page{Key: storage.PageKey{Block: s.Seq.Keys[j], Layer: s.Layer}, K: kv.K[j], V: kv.V[j]})
-	}
-	return ps
-}
+func (g *cudaAttention) device() storage.DeviceCache { return g.tier }
+
+func (g *cudaAttention) register(mem []byte) error { return g.tier.RegisterHost(mem) }
 
 func (g *cudaAttention) attender(s *Step, cpu *model.Kernel) model.Attender {
 	if g.dec == nil || !s.Decode || s.End-s.Start != 1 || s.KV == nil || s.KV.DType != model.BF16 {
@@ -129,6 +106,9 @@ func (a *stepAttender) Attend(qs ...model.Query) error {
 		cached = append(cached, &storage.Page{Key: storage.PageKey{Block: s.Seq.Keys[j], Layer: s.Layer}, K: kv.K[j], V: kv.V[j]})
 	}
 	dps, err := g.tier.Promote(cached)
+	if errors.Is(err, storage.ErrNoSpace) {
+		return a.cpu.Attend(qs...) // the gpu tier is full of pinned pages
+	}
 	if err != nil {
 		return err
 	}

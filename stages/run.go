@@ -89,7 +89,24 @@ func (p *Plan) Run(ctx context.Context, o RunOptions) (*Report, error) {
 	if p.Metadata {
 		layers = 1 // a page holds all of a block's layers
 	}
-	mgr, err = storage.NewManager(storage.ManagerOptions{Tier: mem, Store: store, Write: p.ssdWrite(), Layers: layers, Log: log})
+	// The gpu tier (the `cuda` build) is the manager's L1; the host tier's
+	// arena is registered with it, so pages go to the device by DMA from
+	// where they are.
+	var gpuAtt gpuAttention
+	var device storage.DeviceCache
+	if p.GPUCapacity > 0 {
+		if gpuAtt, err = newGPUAttention(p); err != nil {
+			return nil, errors.Join(err, closeSSD())
+		}
+		defer gpuAtt.close()
+		if host != nil {
+			if err := gpuAtt.register(host.Memory()); err != nil {
+				return nil, errors.Join(err, closeSSD())
+			}
+		}
+		device = gpuAtt.device()
+	}
+	mgr, err = storage.NewManager(storage.ManagerOptions{Tier: mem, Store: store, Write: p.ssdWrite(), Layers: layers, Log: log, Device: device})
 	if err != nil {
 		return nil, errors.Join(err, closeSSD())
 	}
@@ -114,6 +131,11 @@ func (p *Plan) Run(ctx context.Context, o RunOptions) (*Report, error) {
 			return nil, errors.Join(fmt.Errorf("pool: %w", err), closeStores())
 		}
 		pool = storage.NewPool(arena)
+		if gpuAtt != nil {
+			if err := gpuAtt.register(pool.Memory()); err != nil {
+				return nil, errors.Join(err, closeStores())
+			}
+		}
 	}
 	t0 := time.Now()
 	env, err := NewEnv(EnvOptions{Model: p.Model, DType: p.DType, BlockTokens: p.BlockTokens,
@@ -124,14 +146,7 @@ func (p *Plan) Run(ctx context.Context, o RunOptions) (*Report, error) {
 	}
 	log.Debug("model ready", "layers", p.Model.NumLayers, "elapsed", time.Since(t0).Round(time.Millisecond))
 
-	if p.GPUCapacity > 0 {
-		g, err := newGPUAttention(p)
-		if err != nil {
-			return nil, errors.Join(err, closeStores())
-		}
-		env.gpu = g
-		defer g.close()
-	}
+	env.gpu = gpuAtt
 	env.inflight = make(chan struct{}, p.MaxActive)
 	pl := pipeline.New()
 	total := 0
@@ -203,9 +218,7 @@ func (p *Plan) Run(ctx context.Context, o RunOptions) (*Report, error) {
 	// The report describes the tiers as the run left them, before the ssd
 	// tier closes.
 	r := newReport(p, env, pl.Metrics(), mgr, pfStats, memoryReport(host, pool), wall)
-	if env.gpu != nil {
-		r.Tiers = append(r.Tiers, env.gpu.stats())
-	}
+
 	r.StepStalls = stalls
 	if err := closeStores(); err != nil && runErr == nil {
 		runErr = fmt.Errorf("ssd tier: %w", err)

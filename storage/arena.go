@@ -81,5 +81,9 @@ func (a *Arena) Free(off int64) error { return a.buddy.Free(off) }
 // Stats returns the allocator's statistics; see Buddy.Stats.
 func (a *Arena) Stats() BuddyStats { return a.buddy.Stats() }
 
+// Memory returns the arena's whole memory, for registering it with a
+// device's DMA engines (DeviceTier.RegisterHost); blocks alias it.
+func (a *Arena) Memory() []byte { return a.mem }
+
 // Size returns the arena's size in bytes, after rounding up to a power of two.
 func (a *Arena) Size() int64 { return a.buddy.size }

@@ -164,8 +164,23 @@ func (t *DeviceTier) Pin(key PageKey) (DevicePage, bool) { return t.cache.Pin(ke
 // Unpin releases one pin of key.
 func (t *DeviceTier) Unpin(key PageKey) error { return t.cache.Unpin(key) }
 
+// Name returns "gpu".
+func (t *DeviceTier) Name() string { return "gpu" }
+
 // Stats returns the tier's counters.
-func (t *DeviceTier) Stats() CacheStats { return t.cache.Stats() }
+func (t *DeviceTier) Stats() TierStats {
+	s := t.cache.Stats()
+	return TierStats{Name: t.Name(), CapacityBytes: s.Capacity, UsedBytes: s.Weight, PinnedBytes: s.PinnedWeight,
+		Pages: s.Entries, Hits: s.Hits, Misses: s.Misses}
+}
+
+// Load implements DeviceCache: Promote, keeping the pins.
+func (t *DeviceTier) Load(pages []*Page) error {
+	_, err := t.Promote(pages)
+	return err
+}
+
+var _ DeviceCache = (*DeviceTier)(nil)
 
 // Promote copies pages from host memory to the device and pins each; a
 // page already there is pinned, not copied. It returns when every copy has

@@ -90,6 +90,10 @@ func hashPageKey(k PageKey) uint64 {
 }
 
 // evicted frees an evicted page's block after handing the page on.
+// Memory returns the memory the tier's pages live in (its arena), for
+// registering with a device's DMA engines.
+func (t *HostTier) Memory() []byte { return t.arena.Memory() }
+
 func (t *HostTier) evicted(_ PageKey, hp *hostPage) {
 	if t.onEvict != nil {
 		t.onEvict(hp.page)

@@ -60,6 +60,7 @@ type Manager struct {
 	write  WritePolicy
 	layers int
 	log    hclog.Logger
+	device DeviceCache // L1 above mem; nil without one
 
 	// promoted holds pages Promote put into the memory tier that no lease
 	// has pinned since: if the tier evicts one first, its load was wasted.
@@ -89,6 +90,8 @@ type ManagerOptions struct {
 	Layers int
 	// Log receives demotion failures; nil discards them.
 	Log hclog.Logger
+	// Device is the optional tier in accelerator memory above Tier (L1).
+	Device DeviceCache
 }
 
 // NewManager returns a manager over o.Tier and o.Store. The memory tier's
@@ -104,8 +107,12 @@ func NewManager(o ManagerOptions) (*Manager, error) {
 	if o.Log == nil {
 		o.Log = hclog.NewNullLogger()
 	}
-	return &Manager{mem: o.Tier, store: o.Store, write: o.Write, layers: o.Layers, log: o.Log, promoted: map[PageKey]struct{}{}, demoting: map[PageKey]chan struct{}{}}, nil
+	return &Manager{mem: o.Tier, store: o.Store, write: o.Write, layers: o.Layers, log: o.Log, device: o.Device,
+		promoted: map[PageKey]struct{}{}, demoting: map[PageKey]chan struct{}{}}, nil
 }
+
+// Device returns the tier in accelerator memory, or nil.
+func (m *Manager) Device() DeviceCache { return m.device }
 
 // Layers returns the number of layers per block.
 func (m *Manager) Layers() int { return m.layers }
@@ -113,11 +120,15 @@ func (m *Manager) Layers() int { return m.layers }
 // Store returns the lower tier, or nil.
 func (m *Manager) Store() Store { return m.store }
 
-// Stats returns the counters of every tier, fastest first.
+// Stats returns the counters of every tier: the memory tier, the store,
+// then the device tier.
 func (m *Manager) Stats() []TierStats {
 	s := []TierStats{m.mem.Stats()}
 	if m.store != nil {
 		s = append(s, m.store.Stats())
+	}
+	if m.device != nil {
+		s = append(s, m.device.Stats())
 	}
 	return s
 }
@@ -267,15 +278,53 @@ type Slot struct {
 type Lease struct {
 	m *Manager
 
-	mu   sync.Mutex
-	pins []pin // pins held, in the order taken; guarded by mu
-	done bool  // set by Release; guarded by mu
+	mu    sync.Mutex
+	pins  []pin                // pins held, in the order taken; guarded by mu
+	onGPU map[PageKey]struct{} // pages pinned on the device; guarded by mu
+	done  bool                 // set by Release; guarded by mu
 }
 
-// pin is one pin a lease holds, in the memory tier or in the store.
+// pin is one pin a lease holds, in the memory tier, the store or the
+// device tier.
 type pin struct {
-	key   PageKey
-	store bool
+	key    PageKey
+	store  bool
+	device bool
+}
+
+// PinDevice makes pages resident in the device tier and pins each there
+// until the lease is released; a page the lease already pinned there is
+// skipped. Pages must hold the final bytes of their key. Without a device
+// tier it does nothing.
+func (l *Lease) PinDevice(pages []*Page) error {
+	if l.m.device == nil || len(pages) == 0 {
+		return nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.done {
+		return ErrReleased
+	}
+	var load []*Page
+	for _, p := range pages {
+		if _, ok := l.onGPU[p.Key]; !ok {
+			load = append(load, p)
+		}
+	}
+	if len(load) == 0 {
+		return nil
+	}
+	if err := l.m.device.Load(load); err != nil {
+		return fmt.Errorf("%s tier: %w", l.m.device.Name(), err)
+	}
+	if l.onGPU == nil {
+		l.onGPU = map[PageKey]struct{}{}
+	}
+	for _, p := range load {
+		l.onGPU[p.Key] = struct{}{}
+		l.pins = append(l.pins, pin{key: p.Key, device: true})
+	}
+	return nil
 }
 
 // ErrReleased is returned by a lease used after Release.
@@ -460,6 +509,9 @@ func (l *Lease) Release() error {
 
 // unpin releases one pin. Called with l.mu held.
 func (l *Lease) unpin(p pin) error {
+	if p.device {
+		return l.m.device.Unpin(p.key)
+	}
 	if p.store {
 		return l.m.store.Unpin(p.key)
 	}

@@ -42,6 +42,10 @@ type Tensor struct {
 }
 
 // Alloc returns a tensor of shape and dtype.
+// Memory returns the memory the pool's tensors live in (its arena), for
+// registering with a device's DMA engines.
+func (p *Pool) Memory() []byte { return p.arena.Memory() }
+
 func (p *Pool) Alloc(shape []int, dt tensor.DType) (*Tensor, error) {
 	n, err := tensor.Size(shape, dt)
 	if err != nil {
