@@ -33,6 +33,7 @@ func NewAttender(c *Context, cfg model.Config, blockTokens int) (*Attender, erro
 	}
 	cpu, err := model.NewKernel(cfg, model.Options{})
 	if err != nil {
+		d.Close()
 		return nil, err
 	}
 	return &Attender{d: d, cpu: cpu}, nil

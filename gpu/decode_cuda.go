@@ -74,6 +74,7 @@ func NewDecoder(c *Context, heads, kvHeads, headDim, blockTokens int) (*Decoder,
 		return err
 	})
 	if err != nil {
+		c.Do(func() error { return d.mod.Unload() }) // a no-op if it never loaded
 		return nil, fmt.Errorf("gpu: %w", err)
 	}
 	return d, nil
@@ -176,6 +177,9 @@ func (d *Decoder) SetQueries(b *Batch, q []float32) error {
 // Launch queues the kernels for the first n sequences of b on s (nil: the
 // default stream).
 func (d *Decoder) Launch(b *Batch, n int, s *Stream) error {
+	if n < 1 || n > b.batch {
+		return fmt.Errorf("gpu: launch of %d sequences on a batch of %d", n, b.batch)
+	}
 	q, kp, vp, ln, pm, pl, pacc, o := b.q.Ptr, b.kpages.Ptr, b.vpages.Ptr, b.lens.Ptr, b.pm.Ptr, b.pl.Ptr, b.pacc.Ptr, b.o.Ptr
 	kvh, block, maxPages, splits := int64(d.kvHeads), int64(d.block), int64(b.maxPages), int64(b.splits)
 	p := func(v any) unsafe.Pointer {

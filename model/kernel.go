@@ -203,7 +203,8 @@ type plan struct {
 }
 
 // Attend computes attention for each query. Queries are independent; all
-// of them share the call's workers. It returns an error, touching no
+// of them share the call's workers. Two queries of one call must not share
+// a PagedKV (block-sparse decode updates its Summaries). It returns an error, touching no
 // output, when a query does not fit the kernel's geometry.
 func (k *Kernel) Attend(qs ...Query) error {
 	for i := range qs {
@@ -615,7 +616,9 @@ func (p *plan) merge(sp split) {
 			l += p.pl[slot] * w
 			axpy(w, p.pacc[slot*d:(slot+1)*d], out)
 		}
-		scale(1/l, out)
+		if l > 0 { // every chunk holds a visible token, so always
+			scale(1/l, out)
+		}
 	}
 }
 

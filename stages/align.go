@@ -25,6 +25,21 @@ func (a *Align) Process(ctx context.Context, s *Step) (*Step, error) {
 	if s.Cached {
 		return s, nil
 	}
+	s, written, err := a.view(s)
+	if err != nil || a.env.gpu == nil || s.KV == nil {
+		return s, err
+	}
+	// Start the device copies of the step's full blocks now, with the
+	// sequence unlocked, so they run while earlier steps attend; only
+	// blocks whose K/V are written (an earlier step of this layer may
+	// still be in attend).
+	a.env.gpu.ahead(s, written)
+	return s, nil
+}
+
+// view assembles s's paged K/V view under the sequence's lock, and returns
+// how many of the layer's leading tokens are written.
+func (a *Align) view(s *Step) (*Step, int, error) {
 	env, seq := a.env, s.Seq
 	b := env.BlockTokens
 	blocks := (s.End + b - 1) / b
@@ -32,7 +47,7 @@ func (a *Align) Process(ctx context.Context, s *Step) (*Step, error) {
 	defer seq.mu.Unlock()
 	pages := seq.pages[s.Layer]
 	if first := s.Start / b; len(pages) < first {
-		return nil, fmt.Errorf("layer %d: pages for %d blocks, the step starts in block %d: an earlier step is missing", s.Layer, len(pages), first)
+		return nil, 0, fmt.Errorf("layer %d: pages for %d blocks, the step starts in block %d: an earlier step is missing", s.Layer, len(pages), first)
 	}
 	for len(pages) < blocks {
 		i := len(pages)
@@ -47,13 +62,13 @@ func (a *Align) Process(ctx context.Context, s *Step) (*Step, error) {
 		}
 		pg, err := env.newPage(seq, pk)
 		if err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		pages = append(pages, pg)
 	}
 	seq.pages[s.Layer] = pages
 	if env.Metadata {
-		return s, nil // no bytes, no view
+		return s, 0, nil // no bytes, no view
 	}
 	kv := &model.PagedKV{
 		DType: env.DType, BlockTokens: b, KVHeads: env.Model.NumKVHeads, HeadDim: env.Model.HeadDim,
@@ -71,16 +86,7 @@ func (a *Align) Process(ctx context.Context, s *Step) (*Step, error) {
 	seq.sums[s.Layer] = sums
 	kv.Summaries = sums[:blocks:blocks]
 	s.KV = kv
-	if env.gpu != nil {
-		// Start the device copies of the step's full blocks now, so they
-		// run while earlier steps attend; only blocks whose K/V are
-		// written (an earlier step of this layer may still be in attend).
-		written := seq.written[s.Layer]
-		seq.mu.Unlock()
-		env.gpu.ahead(s, written)
-		seq.mu.Lock()
-	}
-	return s, nil
+	return s, seq.written[s.Layer], nil
 }
 
 // newPage allocates a page of the request's own from the pool: one tensor

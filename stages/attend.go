@@ -34,9 +34,12 @@ type AttendSettings struct {
 func (s *AttendSettings) Validate() error {
 	switch s.Kernel {
 	case model.KernelDense:
-		for attr, set := range map[string]bool{"top_k": s.TopK != nil, "recent": s.Recent != nil, "router": s.Router != ""} {
-			if set {
-				return SettingErrorf(attr, "only the block_sparse kernel reads %s", attr)
+		for _, a := range []struct {
+			attr string
+			set  bool
+		}{{"top_k", s.TopK != nil}, {"recent", s.Recent != nil}, {"router", s.Router != ""}} {
+			if a.set {
+				return SettingErrorf(a.attr, "only the block_sparse kernel reads %s", a.attr)
 			}
 		}
 	case model.KernelBlockSparse:

@@ -301,7 +301,10 @@ func (p *Plan) cache(c *config.Cache) hcl.Diagnostics {
 	for _, t := range c.Tiers {
 		capAt := config.AttrRange(t.Body, "capacity", t.DeclRange)
 		if t.Capacity == "" && p.Derived != nil { // the host tier's, derived
-			t.Capacity = strconv.FormatInt(p.Derived.HostCapacity, 10)
+			// The arena is the capacity rounded up to a power of two:
+			// round the derived value down instead, so that the arena is
+			// what was derived and still fits beside the pool and weights.
+			t.Capacity = strconv.FormatInt(prevPow2(p.Derived.HostCapacity), 10)
 		}
 		n, _ := config.ParseCapacity(t.Capacity) // checked by config
 		page := int64(2 * p.Model.NumKVHeads * c.BlockTokens * p.Model.HeadDim * p.DType.Size())
@@ -321,6 +324,9 @@ func (p *Plan) cache(c *config.Cache) hcl.Diagnostics {
 			}
 			if n == storage.Unlimited || n < 1<<20 {
 				return hcl.Diagnostics{config.ErrorAt(capAt, "Invalid capacity", "the gpu tier needs a capacity of at least 1MiB.")}
+			}
+			if why := gpuKernelUnavailable(p); why != "" {
+				return hcl.Diagnostics{config.ErrorAt(t.DeclRange, "GPU tier unavailable", why)}
 			}
 			p.GPUCapacity = n
 			continue
@@ -553,6 +559,24 @@ func (p *Plan) Namespace() string {
 		m.HiddenSize, m.NumHeads, m.NumKVHeads, m.HeadDim, m.RopeTheta, m.MRopeSection, m.RMSNormEps, p.Seed, p.DType, p.BlockTokens)
 }
 
+// gpuKernelUnavailable says why the GPU decode kernel cannot run the
+// plan's steps, or "" when it can.
+func gpuKernelUnavailable(p *Plan) string {
+	m, g := p.Model, 0
+	if m.NumKVHeads > 0 {
+		g = m.NumHeads / m.NumKVHeads
+	}
+	switch {
+	case p.Metadata:
+		return `payload = "metadata" computes nothing: a gpu tier has nothing to run.`
+	case p.DType != model.BF16:
+		return fmt.Sprintf("the GPU decode kernel reads bf16 pages; the cache's dtype is %s.", p.DType)
+	case m.HeadDim != 32 && m.HeadDim != 64 && m.HeadDim != 128, g != 1 && g != 2 && g != 4 && g != 8:
+		return fmt.Sprintf("the GPU decode kernel takes head_dim 32, 64 or 128 and 1, 2, 4 or 8 query heads per KV head; the model has head_dim %d and %d.", m.HeadDim, g)
+	}
+	return ""
+}
+
 // gpuTierUnavailable says why a pipeline cannot have a GPU tier here, or
 // "" when it can: a `cuda` build on a machine with an NVIDIA GPU.
 func gpuTierUnavailable() string {
@@ -563,4 +587,16 @@ func gpuTierUnavailable() string {
 		return info.Absent + "."
 	}
 	return ""
+}
+
+// prevPow2 returns the largest power of two not above n (n >= 1), or 0.
+func prevPow2(n int64) int64 {
+	if n < 1 {
+		return 0
+	}
+	p := int64(1)
+	for p <= n/2 {
+		p <<= 1
+	}
+	return p
 }

@@ -281,7 +281,7 @@ func TestBuildHardwareProfile(t *testing.T) {
 	if p.Hardware == nil || d == nil || p.Hardware.CPU.PhysicalCores != 4 {
 		t.Fatalf("hardware %+v, derived %+v", p.Hardware, d)
 	}
-	if p.BlockTokens != d.BlockTokens || p.HostCapacity != d.HostCapacity || p.PrefetchWorkers != d.PrefetchWorkers {
+	if p.BlockTokens != d.BlockTokens || p.HostCapacity != prevPow2(d.HostCapacity) || p.HostCapacity*2 <= d.HostCapacity || p.PrefetchWorkers != d.PrefetchWorkers {
 		t.Errorf("block_tokens %d, host capacity %d, prefetch workers %d; derived %d, %d, %d",
 			p.BlockTokens, p.HostCapacity, p.PrefetchWorkers, d.BlockTokens, d.HostCapacity, d.PrefetchWorkers)
 	}

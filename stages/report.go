@@ -249,8 +249,8 @@ func newReport(p *Plan, env *Env, metrics []pipeline.StageMetrics, mgr *storage.
 	}
 	r.VerifiedPages = c.VerifiedPages
 	r.HitRatios = map[string]float64{"host": ratio(int64(kvs.MemoryPages), c.LookupPages)}
-	if len(r.Tiers) > 1 {
-		r.HitRatios[r.Tiers[1].Name] = ratio(int64(kvs.StorePages), c.LookupPages)
+	if st := mgr.Store(); st != nil {
+		r.HitRatios[st.Name()] = ratio(int64(kvs.StorePages), c.LookupPages)
 	}
 	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 	for _, m := range metrics {
@@ -334,7 +334,7 @@ func (r *Report) WriteText(w io.Writer) error {
 		}
 		fmt.Fprintf(w, ": decode tokens read %d of %d context pages (%.1f%%)\n", a.ReadPages, a.ContextPages, 100*a.ReadShare)
 	}
-	if len(r.Tiers) > 1 {
+	if r.hasStore() {
 		pf := r.Prefetch
 		fmt.Fprintf(w, "prefix pages      %d in host, %d in ssd (hit ratios %.3f, %.3f)\n", r.Lookup.MemoryPages, r.Lookup.StorePages,
 			r.HitRatios["host"], r.HitRatios["ssd"])
@@ -347,4 +347,15 @@ func (r *Report) WriteText(w io.Writer) error {
 	}
 	_, err := fmt.Fprintf(w, "wall time         %.2fs\n", r.DurationSeconds)
 	return err
+}
+
+// hasStore reports whether the run had a store below the host tier (its
+// hit ratio is reported).
+func (r *Report) hasStore() bool {
+	for name := range r.HitRatios {
+		if name != "host" {
+			return true
+		}
+	}
+	return false
 }

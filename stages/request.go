@@ -145,12 +145,12 @@ type Sequence struct {
 	// committed, whatever order a custom chain runs the stages in. Guarded
 	// by mu.
 	written []int
-	// owned holds the pool tensors of the request's own pages, freed on
-	// release: the tier keeps copies of what it stores. Guarded by mu.
 	// sums[layer][block] is the key summary of each page for block-sparse
 	// attention, kept across the request's steps so that a page is
 	// summarised once. Guarded by mu.
-	sums     [][]*model.PageSummary
+	sums [][]*model.PageSummary
+	// owned holds the pool tensors of the request's own pages, freed on
+	// release: the tier keeps copies of what it stores. Guarded by mu.
 	owned    []*storage.Tensor
 	pool     *storage.Pool // where owned came from
 	released bool          // guarded by mu

@@ -101,7 +101,7 @@ func (p *Plan) Run(ctx context.Context, o RunOptions) (*Report, error) {
 		defer gpuAtt.close()
 		if host != nil {
 			if err := gpuAtt.register(host.Memory()); err != nil {
-				return nil, errors.Join(err, closeSSD())
+				log.Warn("host tier pages go to the gpu tier through staging buffers", "error", err)
 			}
 		}
 		device = gpuAtt.device()
@@ -133,7 +133,7 @@ func (p *Plan) Run(ctx context.Context, o RunOptions) (*Report, error) {
 		pool = storage.NewPool(arena)
 		if gpuAtt != nil {
 			if err := gpuAtt.register(pool.Memory()); err != nil {
-				return nil, errors.Join(err, closeStores())
+				log.Warn("pool pages go to the gpu tier through staging buffers", "error", err)
 			}
 		}
 	}

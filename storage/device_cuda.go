@@ -134,12 +134,14 @@ func NewDeviceTier(ctx *gpu.Context, o DeviceOptions) (*DeviceTier, error) {
 // Close releases the device memory and staging buffers, and unregisters
 // registered host memory.
 func (t *DeviceTier) Close() error {
+	for i := range t.staging {
+		t.ctx.Sync(t.streams[i])
+	}
 	for _, r := range t.registered {
 		t.ctx.UnregisterHost(r)
 	}
 	t.registered = nil
 	for i := range t.staging {
-		t.ctx.Sync(t.streams[i])
 		t.ctx.DestroyStream(t.streams[i])
 		t.ctx.FreePinned(t.staging[i])
 	}
@@ -192,6 +194,7 @@ func (t *DeviceTier) Promote(pages []*Page) ([]DevicePage, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	out := make([]DevicePage, len(pages))
+	fresh := map[PageKey]bool{} // pages this call added to the cache
 	buf, fill := -1, 0
 	// queued[b] is closed once buffer b's copies are handed to its stream;
 	// its stream is synchronised before the buffer is filled again.
@@ -279,13 +282,17 @@ func (t *DeviceTier) Promote(pages []*Page) ([]DevicePage, error) {
 			t.buddy.Free(off)
 			break
 		}
-		stored, _, aerr := t.cache.Add(p.Key, dp, 2*size, true)
-		if aerr != nil {
+		stored, inserted, aerr := t.cache.Add(p.Key, dp, 2*size, true)
+		if aerr != nil || !inserted {
 			t.buddy.Free(off)
+			if aerr == nil {
+				aerr = fmt.Errorf("page %s: added twice", p.Key)
+			}
 			err = aerr
 			break
 		}
 		out[i] = stored
+		fresh[p.Key] = true
 	}
 	if ferr := flush(); err == nil {
 		err = ferr
@@ -305,9 +312,17 @@ func (t *DeviceTier) Promote(pages []*Page) ([]DevicePage, error) {
 		}
 	}
 	if err != nil {
+		// Every copy has settled. Pages this call added may hold no bytes
+		// (their copies were never issued): drop them, so that no later
+		// call finds them; the others only lose this call's pin.
 		for _, dp := range out {
 			if dp.Size > 0 {
 				t.cache.Unpin(dp.Key)
+			}
+		}
+		for key := range fresh {
+			if dp, rerr := t.cache.Remove(key); rerr == nil {
+				t.buddy.Free(dp.off)
 			}
 		}
 		return nil, fmt.Errorf("device tier: promote: %w", err)

@@ -89,11 +89,11 @@ func hashPageKey(k PageKey) uint64 {
 	return uint64(k.Block) ^ uint64(k.Layer+1)*0x9e3779b97f4a7c15
 }
 
-// evicted frees an evicted page's block after handing the page on.
 // Memory returns the memory the tier's pages live in (its arena), for
 // registering with a device's DMA engines.
 func (t *HostTier) Memory() []byte { return t.arena.Memory() }
 
+// evicted frees an evicted page's block after handing the page on.
 func (t *HostTier) evicted(_ PageKey, hp *hostPage) {
 	if t.onEvict != nil {
 		t.onEvict(hp.page)

@@ -41,11 +41,11 @@ type Tensor struct {
 	freed bool // guarded by pool.mu
 }
 
-// Alloc returns a tensor of shape and dtype.
 // Memory returns the memory the pool's tensors live in (its arena), for
 // registering with a device's DMA engines.
 func (p *Pool) Memory() []byte { return p.arena.Memory() }
 
+// Alloc returns a tensor of shape and dtype.
 func (p *Pool) Alloc(shape []int, dt tensor.DType) (*Tensor, error) {
 	n, err := tensor.Size(shape, dt)
 	if err != nil {

@@ -77,9 +77,17 @@ func TestDeviceTierPromote(t *testing.T) {
 	if len(evicted) == 0 {
 		t.Fatal("nothing evicted for 4 MiB over an 8 MiB tier holding 6 MiB")
 	}
-	// Everything pinned now: one more page cannot fit.
-	if _, err := tier.Promote(pages(16, 256<<10, 3)); !errors.Is(err, storage.ErrNoSpace) {
+	// Everything pinned now: 16 more pages cannot fit. The pages the failed
+	// call did add are dropped (their bytes may never have been copied),
+	// not left for a later call to find.
+	failed := pages(16, 256<<10, 3)
+	if _, err := tier.Promote(failed); !errors.Is(err, storage.ErrNoSpace) {
 		t.Fatalf("promote into a tier full of pinned pages: %v, want ErrNoSpace", err)
+	}
+	for _, p := range failed {
+		if _, ok := tier.Pin(p.Key); ok {
+			t.Fatalf("page %s of a failed promotion is still in the tier", p.Key)
+		}
 	}
 }
 
