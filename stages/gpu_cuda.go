@@ -82,6 +82,9 @@ func (g *cudaAttention) attender(s *Step, cpu *model.Kernel) model.Attender {
 	if g.dec == nil || !s.Decode || s.End-s.Start != 1 || s.KV == nil || s.KV.DType != model.BF16 {
 		return nil
 	}
+	if s.Seq.Lease != nil && s.Seq.Lease.DeviceFull() {
+		return nil // the gpu tier had no room for this request: stay on the CPU
+	}
 	return &stepAttender{g: g, s: s, cpu: cpu}
 }
 

@@ -94,9 +94,17 @@ func TestLeasePinDevice(t *testing.T) {
 	if dev.pins() != 3 || dev.loads != 3 || l.Pins() != 3 {
 		t.Fatalf("device pins %d, loads %d, lease pins %d; want 3, 3, 3", dev.pins(), dev.loads, l.Pins())
 	}
-	// No room for a fourth page: an error, and no new pin.
+	// No room for a fourth page: an error, and no new pin; later calls
+	// give up at once, without asking the device again.
 	if err := l.PinDevice([]*Page{kvPage(3, 0)}); !errors.Is(err, ErrNoSpace) || dev.pins() != 3 {
 		t.Fatalf("pin beyond the device's room: %v, %d pins", err, dev.pins())
+	}
+	if !l.DeviceFull() {
+		t.Fatal("DeviceFull false after the device had no room")
+	}
+	dev.room = 10
+	if err := l.PinDevice([]*Page{kvPage(4, 0)}); !errors.Is(err, ErrNoSpace) || dev.pins() != 3 || dev.loads != 3 {
+		t.Fatalf("pin after the device was full: %v, %d pins, %d loads; want ErrNoSpace without a load", err, dev.pins(), dev.loads)
 	}
 	stats := m.Stats()
 	if len(stats) != 2 || stats[1].Name != "gpu" || stats[1].Pages != 3 {
@@ -110,6 +118,25 @@ func TestLeasePinDevice(t *testing.T) {
 	}
 	if err := l.PinDevice([]*Page{a}); !errors.Is(err, ErrReleased) {
 		t.Fatalf("PinDevice after Release: %v", err)
+	}
+	// Concurrent calls of one lease pin each page once.
+	l2 := m.NewLease()
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := l2.PinDevice([]*Page{a, b}); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if dev.pins() != 2 || l2.Pins() != 2 {
+		t.Fatalf("concurrent PinDevice: %d device pins, %d lease pins; want 2, 2", dev.pins(), l2.Pins())
+	}
+	if err := l2.Release(); err != nil || dev.pins() != 0 {
+		t.Fatalf("release: %v, %d pins left", err, dev.pins())
 	}
 	// Without a device tier, PinDevice does nothing.
 	plain, _ := NewManager(ManagerOptions{Tier: h, Layers: 2})

@@ -281,7 +281,10 @@ type Lease struct {
 	mu    sync.Mutex
 	pins  []pin                // pins held, in the order taken; guarded by mu
 	onGPU map[PageKey]struct{} // pages pinned on the device; guarded by mu
-	done  bool                 // set by Release; guarded by mu
+	// deviceFull is set once the device tier had no room for the lease's
+	// pages; guarded by mu.
+	deviceFull bool
+	done       bool // set by Release; guarded by mu
 }
 
 // pin is one pin a lease holds, in the memory tier, the store or the
@@ -295,15 +298,22 @@ type pin struct {
 // PinDevice makes pages resident in the device tier and pins each there
 // until the lease is released; a page the lease already pinned there is
 // skipped. Pages must hold the final bytes of their key. Without a device
-// tier it does nothing.
+// tier it does nothing. The copies run without the lease's lock held.
+// Once the device tier had no room for the lease's pages, later calls do
+// nothing and return ErrNoSpace at once: the request's steps run on the
+// CPU instead of retrying the copies every step.
 func (l *Lease) PinDevice(pages []*Page) error {
 	if l.m.device == nil || len(pages) == 0 {
 		return nil
 	}
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	if l.done {
+		l.mu.Unlock()
 		return ErrReleased
+	}
+	if l.deviceFull {
+		l.mu.Unlock()
+		return fmt.Errorf("%s tier: %w", l.m.device.Name(), ErrNoSpace)
 	}
 	var load []*Page
 	for _, p := range pages {
@@ -311,20 +321,44 @@ func (l *Lease) PinDevice(pages []*Page) error {
 			load = append(load, p)
 		}
 	}
+	l.mu.Unlock()
 	if len(load) == 0 {
 		return nil
 	}
-	if err := l.m.device.Load(load); err != nil {
+	err := l.m.device.Load(load)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err != nil {
+		if errors.Is(err, ErrNoSpace) {
+			l.deviceFull = true
+		}
 		return fmt.Errorf("%s tier: %w", l.m.device.Name(), err)
 	}
 	if l.onGPU == nil {
 		l.onGPU = map[PageKey]struct{}{}
 	}
+	var errs []error
 	for _, p := range load {
+		_, dup := l.onGPU[p.Key]
+		if l.done || dup { // released, or pinned by a concurrent call, meanwhile
+			errs = append(errs, l.m.device.Unpin(p.Key))
+			continue
+		}
 		l.onGPU[p.Key] = struct{}{}
 		l.pins = append(l.pins, pin{key: p.Key, device: true})
 	}
-	return nil
+	if l.done {
+		errs = append(errs, ErrReleased)
+	}
+	return errors.Join(errs...)
+}
+
+// DeviceFull reports whether the device tier had no room for the lease's
+// pages: its request's steps should stay on the CPU.
+func (l *Lease) DeviceFull() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.deviceFull
 }
 
 // ErrReleased is returned by a lease used after Release.
