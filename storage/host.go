@@ -89,6 +89,14 @@ func hashPageKey(k PageKey) uint64 {
 	return uint64(k.Block) ^ uint64(k.Layer+1)*0x9e3779b97f4a7c15
 }
 
+// settleEvictions waits until no Put is evicting: Put holds putMu through
+// its evictions and their OnEvict calls, so a page it evicted has by then
+// been handed on (a demotion to the store is registered).
+func (t *HostTier) settleEvictions() {
+	t.putMu.Lock()
+	t.putMu.Unlock() //nolint:staticcheck // an empty critical section: a barrier
+}
+
 // Memory returns the memory the tier's pages live in (its arena), for
 // registering with a device's DMA engines.
 func (t *HostTier) Memory() []byte { return t.arena.Memory() }

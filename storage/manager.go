@@ -381,7 +381,7 @@ func (l *Lease) AcquirePrefix(keys []BlockKey) ([][]Slot, error) {
 		// hits or misses in the tiers.
 		for layer := range m.layers {
 			key := PageKey{Block: k, Layer: layer}
-			if !m.mem.Contains(key) && !m.stored(key) {
+			if !m.present(key) {
 				m.missedBlocks.Add(1)
 				return prefix, nil
 			}
@@ -394,7 +394,7 @@ func (l *Lease) AcquirePrefix(keys []BlockKey) ([][]Slot, error) {
 			if p, ok := m.mem.Pin(key); ok {
 				row[layer].Page = p
 				m.claim(key)
-			} else if m.store == nil || !m.store.Pin(key) {
+			} else if m.store == nil || !m.pinStored(key) {
 				break // evicted since it was looked at
 			}
 			taken++
@@ -436,6 +436,39 @@ func (m *Manager) stored(key PageKey) bool {
 	}
 	<-done
 	return m.store.Contains(key)
+}
+
+// evictionSettler is a memory tier that can wait out the evictions in
+// progress: between a page leaving the tier's index and its demotion being
+// registered, neither tier holds it.
+type evictionSettler interface{ settleEvictions() }
+
+// present reports whether key is in the memory tier or the store. A page
+// found in neither may be between the two (evicted, its demotion not yet
+// registered): after waiting out the memory tier's evictions it looks once
+// more.
+func (m *Manager) present(key PageKey) bool {
+	if m.mem.Contains(key) || m.stored(key) {
+		return true
+	}
+	s, ok := m.mem.(evictionSettler)
+	if !ok || m.store == nil {
+		return false
+	}
+	s.settleEvictions()
+	return m.mem.Contains(key) || m.stored(key)
+}
+
+// pinStored pins key in the store, first waiting for a demotion of it in
+// flight (the memory tier may have evicted it since it was looked at).
+func (m *Manager) pinStored(key PageKey) bool {
+	if m.store.Pin(key) {
+		return true
+	}
+	if s, ok := m.mem.(evictionSettler); ok {
+		s.settleEvictions()
+	}
+	return m.stored(key) && m.store.Pin(key)
 }
 
 // claim records that a lease uses a promoted page. It was not wasted.

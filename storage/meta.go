@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"sync"
 	"sync/atomic"
 )
 
@@ -21,6 +22,9 @@ type metaIndex struct {
 	capacity int64
 	cache    *Cache[PageKey, *Page] // nil when capacity is 0
 	onEvict  func(*Page)
+	// addMu is held by add through the evictions it causes and their
+	// onEvict calls, so settle can wait them out.
+	addMu sync.Mutex
 
 	hits, misses, bytesRead, bytesWritten, pagesWritten atomic.Uint64
 	peak                                                atomic.Int64
@@ -58,7 +62,9 @@ func (m *metaIndex) add(p *Page, pin bool) (*Page, error) {
 		return nil, fmt.Errorf("%s tier: page %s of %d bytes, capacity %d: %w", m.name, p.Key, size, m.capacity, ErrTooLarge)
 	}
 	meta := &Page{Key: p.Key, Meta: size}
+	m.addMu.Lock()
 	stored, inserted, err := m.cache.Add(p.Key, meta, size, pin)
+	m.addMu.Unlock()
 	if err != nil {
 		return nil, fmt.Errorf("%s tier: page %s: %w", m.name, p.Key, err)
 	}
@@ -129,6 +135,13 @@ func (t *MetaTier) Name() string { return t.m.name }
 
 // Put implements Tier.
 func (t *MetaTier) Put(p *Page) (*Page, error) { return t.m.add(p, true) }
+
+// settleEvictions waits until no Put is evicting: a page it evicted has by
+// then been handed to onEvict (a demotion to the store is registered).
+func (t *MetaTier) settleEvictions() {
+	t.m.addMu.Lock()
+	t.m.addMu.Unlock() //nolint:staticcheck // an empty critical section: a barrier
+}
 
 // Pin implements Tier.
 func (t *MetaTier) Pin(key PageKey) (*Page, bool) {
