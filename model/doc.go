@@ -1,4 +1,4 @@
-// Package model implements one Qwen3-VL text-attention layer in plain Go,
+// Package model implements one Qwen3-VL text-attention layer in Go,
 // numerically faithful to Hugging Face transformers' Qwen3VLTextAttention.
 //
 // The package is the arithmetic heart of kvflow: given a layer's weights
@@ -28,6 +28,17 @@
 //     gathered into one contiguous buffer.
 //   - The keys stored in the cache are the keys after k_norm and rotary, as in
 //     transformers' DynamicCache.
+//
+// # Kernels
+//
+// The part of a layer that reads the cache is a Kernel (Attend): dense, or
+// block-sparse for decode tokens (page key summaries, a Router, SelectPages:
+// the top_k pages with the sink and the recent ones). Its inner loops are
+// AVX2+FMA assembly generated with avo where the CPU has them
+// (kernels_amd64.s, from internal/asm/attn), pure Go elsewhere; a decode
+// token's pages can be split over goroutines and the partial softmax
+// results merged exactly. Any Attender (a GPU kernel, say) can stand in for
+// it through Attention.WithAttender.
 //
 // All arithmetic is float32 like the reference; KV pages may hold bf16, f16
 // or f32 elements. The fixtures in testdata (produced by transformers) are
