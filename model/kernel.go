@@ -541,6 +541,10 @@ func (p *plan) page(it *item, s *kscratch, kv *PagedKV, pg, count, rows int, nex
 	off := it.g * bt * d * size
 	kb := kv.K[pg][off : off+count*d*size]
 	vb := kv.V[pg][off : off+count*d*size]
+	if it.t1-it.t0 == 1 && kv.DType == BF16 && k.loops.decodePage != nil &&
+		k.loops.decodePage(s.q, kb, vb, rows, count, d, k.scale, s.s, s.m, s.l, s.acc, vb, next) {
+		return // a decode token sees every key of the page
+	}
 	var vf []float32
 	var mx []float32 // each row's max over the page's count scores, if known
 	switch kv.DType {

@@ -45,6 +45,17 @@ type kernels struct {
 	expSum func(x []float32, m float32) float32
 	// maxF32 returns the largest of x, len(x) > 0 and no NaN.
 	maxF32 func(x []float32) float32
+	// decodePage folds one bf16 page into the online softmax of the nh
+	// query heads of one decode token, all in one call: with K(t,c) and
+	// V(t,c) the bf16 values at k and v as in scoresBF16 and accumBF16, and
+	// s_h(t) = scale * Σ_c q[h*d+c]*K(t,c) for t < n, it sets
+	// M = max(m[h], max_t s_h(t)), then l[h] = l[h]*e^(m[h]-M) + Σ_t e^(s_h(t)-M),
+	// acc[h*d+c] = acc[h*d+c]*e^(m[h]-M) + Σ_t e^(s_h(t)-M)*V(t,c), m[h] = M,
+	// using s[:nh*n] as scratch; pfA and pfB are prefetched as in
+	// scoresBF16. It reports false, touching nothing, for shapes it does not
+	// take (then the caller runs the separate loops); nil where no set of
+	// such loops exists.
+	decodePage func(q []float32, k, v []byte, nh, n, d int, scale float32, s, m, l, acc []float32, pfA, pfB []byte) bool
 	// prefetch asks for b to be brought into the caches ahead of use; a
 	// hint, a no-op where there is no instruction for it.
 	prefetch func(b []byte)

@@ -23,7 +23,35 @@ func newAVX2Kernels(ok bool) *kernels {
 		expSum:     expSumAVX2Slice,
 		maxF32:     maxF32Slice,
 		prefetch:   prefetchSlice,
+		decodePage: decodePageAVX2,
 	}
+}
+
+// decodePageAVX2 runs decodePageBF16H4 for each block of 4 heads: nh a
+// multiple of 4 and d a multiple of 16 up to pairMaxD.
+func decodePageAVX2(q []float32, k, v []byte, nh, n, d int, scale float32, s, m, l, acc []float32, pfA, pfB []byte) bool {
+	if nh <= 0 || nh%4 != 0 || n <= 0 || d <= 0 || d%16 != 0 || d > pairMaxD {
+		return false
+	}
+	_ = q[nh*d-1]
+	_ = k[2*n*d-1]
+	_ = v[2*n*d-1]
+	_ = s[4*n-1]
+	_ = m[nh-1]
+	_ = l[nh-1]
+	_ = acc[nh*d-1]
+	pa, pb := &k[0], &k[0]
+	if len(pfA) >= 2*n*d {
+		pa = &pfA[0]
+	}
+	if len(pfB) >= 2*n*d {
+		pb = &pfB[0]
+	}
+	for h := 0; h < nh; h += 4 {
+		decodePageBF16H4(&q[h*d], &k[0], &v[0], n, d, scale, &s[0], &m[h], &l[h], &acc[h*d], pa, pb)
+		pa, pb = &k[0], &k[0]
+	}
+	return true
 }
 
 func maxF32Slice(x []float32) float32 {
@@ -304,6 +332,14 @@ func accumF32H1(acc *float32, p *float32, v *float32, n int, d int, pstride int)
 //
 //go:noescape
 func expSumAVX2(x *float32, n int, m float32) float32
+
+// decodePageBF16H4 folds the n keys and values of a bf16 page (rows of d) into
+// the running max m[h], denominator l[h] and weighted sum acc[h*d:(h+1)*d] of
+// query heads h < 4 (q[h*d:(h+1)*d], scores times scale), using s[:4*n] as
+// scratch. n > 0, d > 0, d%16 == 0, d <= 256; it prefetches n*2*d bytes at pfA and pfB.
+//
+//go:noescape
+func decodePageBF16H4(q *float32, k *byte, v *byte, n int, d int, scale float32, s *float32, m *float32, l *float32, acc *float32, pfA *byte, pfB *byte)
 
 // prefetchT0 issues PREFETCHT0 for every 64-byte line of the n bytes at p.
 //

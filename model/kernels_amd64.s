@@ -532,22 +532,22 @@ perm3:
 	DECQ    BX
 	JNZ     perm3
 	MOVQ    out+0(FP), AX
-	MOVQ    k+16(FP), CX
-	MOVQ    n+24(FP), DX
-	MOVQ    ostride+40(FP), BX
-	SHLQ    $0x02, BX
-	LEAQ    (BX)(BX*2), SI
-	MOVQ    mx+56(FP), DI
+	MOVQ    ostride+40(FP), CX
+	SHLQ    $0x02, CX
+	LEAQ    (CX)(CX*2), DX
+	MOVQ    mx+56(FP), BX
+	MOVQ    k+16(FP), SI
+	MOVQ    n+24(FP), DI
 	MOVQ    pfA+64(FP), R8
 	MOVQ    pfB+72(FP), R9
 	MOVQ    d+32(FP), R10
 	SHLQ    $0x01, R10
 
 rows:
-	CMPQ   DX, $0x03
+	CMPQ   DI, $0x03
 	JL     row
-	LEAQ   (CX)(R10*1), CX
-	LEAQ   (CX)(R10*1), R11
+	LEAQ   (SI)(R10*1), SI
+	LEAQ   (SI)(R10*1), R11
 	LEAQ   (R11)(R10*1), R12
 	VXORPS Y0, Y0, Y0
 	VXORPS Y1, Y1, Y1
@@ -565,7 +565,7 @@ rows:
 	NEGQ   R13
 
 chunks:
-	VMOVDQU      (CX)(R13*1), Y12
+	VMOVDQU      (SI)(R13*1), Y12
 	VPSLLD       $0x10, Y12, Y12
 	VMOVDQU      (R11)(R13*1), Y13
 	VPSLLD       $0x10, Y13, Y13
@@ -587,7 +587,7 @@ chunks:
 	VFMADD231PS  Y12, Y15, Y3
 	VFMADD231PS  Y13, Y15, Y7
 	VFMADD231PS  Y14, Y15, Y11
-	VMOVDQU      (CX)(R13*1), Y12
+	VMOVDQU      (SI)(R13*1), Y12
 	VPAND        attn_pair_mask<>+0(SB), Y12, Y12
 	VMOVDQU      (R11)(R13*1), Y13
 	VPAND        attn_pair_mask<>+0(SB), Y13, Y13
@@ -625,12 +625,12 @@ chunks:
 	VADDPS       X1, X0, X0
 	VMULPS       X12, X0, X0
 	VMOVSS       X0, (AX)
-	VEXTRACTPS   $0x01, X0, (AX)(BX*1)
-	VEXTRACTPS   $0x02, X0, (AX)(BX*2)
-	VEXTRACTPS   $0x03, X0, (AX)(SI*1)
-	VMOVUPS      (DI), X1
+	VEXTRACTPS   $0x01, X0, (AX)(CX*1)
+	VEXTRACTPS   $0x02, X0, (AX)(CX*2)
+	VEXTRACTPS   $0x03, X0, (AX)(DX*1)
+	VMOVUPS      (BX), X1
 	VMAXPS       X0, X1, X1
-	VMOVUPS      X1, (DI)
+	VMOVUPS      X1, (BX)
 	VHADDPS      Y5, Y4, Y0
 	VHADDPS      Y7, Y6, Y1
 	VHADDPS      Y1, Y0, Y0
@@ -638,12 +638,12 @@ chunks:
 	VADDPS       X1, X0, X0
 	VMULPS       X12, X0, X0
 	VMOVSS       X0, 4(AX)
-	VEXTRACTPS   $0x01, X0, 4(AX)(BX*1)
-	VEXTRACTPS   $0x02, X0, 4(AX)(BX*2)
-	VEXTRACTPS   $0x03, X0, 4(AX)(SI*1)
-	VMOVUPS      (DI), X1
+	VEXTRACTPS   $0x01, X0, 4(AX)(CX*1)
+	VEXTRACTPS   $0x02, X0, 4(AX)(CX*2)
+	VEXTRACTPS   $0x03, X0, 4(AX)(DX*1)
+	VMOVUPS      (BX), X1
 	VMAXPS       X0, X1, X1
-	VMOVUPS      X1, (DI)
+	VMOVUPS      X1, (BX)
 	VHADDPS      Y9, Y8, Y0
 	VHADDPS      Y11, Y10, Y1
 	VHADDPS      Y1, Y0, Y0
@@ -651,21 +651,21 @@ chunks:
 	VADDPS       X1, X0, X0
 	VMULPS       X12, X0, X0
 	VMOVSS       X0, 8(AX)
-	VEXTRACTPS   $0x01, X0, 8(AX)(BX*1)
-	VEXTRACTPS   $0x02, X0, 8(AX)(BX*2)
-	VEXTRACTPS   $0x03, X0, 8(AX)(SI*1)
-	VMOVUPS      (DI), X1
+	VEXTRACTPS   $0x01, X0, 8(AX)(CX*1)
+	VEXTRACTPS   $0x02, X0, 8(AX)(CX*2)
+	VEXTRACTPS   $0x03, X0, 8(AX)(DX*1)
+	VMOVUPS      (BX), X1
 	VMAXPS       X0, X1, X1
-	VMOVUPS      X1, (DI)
-	MOVQ         R12, CX
+	VMOVUPS      X1, (BX)
+	MOVQ         R12, SI
 	ADDQ         $0x0c, AX
-	SUBQ         $0x03, DX
+	SUBQ         $0x03, DI
 	JMP          rows
 
 row:
-	CMPQ   DX, $0x00
-	JE     done
-	LEAQ   (CX)(R10*1), CX
+	CMPQ   DI, $0x00
+	JE     scored
+	LEAQ   (SI)(R10*1), SI
 	VXORPS Y0, Y0, Y0
 	VXORPS Y1, Y1, Y1
 	VXORPS Y2, Y2, Y2
@@ -674,7 +674,7 @@ row:
 	NEGQ   R11
 
 chunk:
-	VMOVDQU      (CX)(R11*1), Y4
+	VMOVDQU      (SI)(R11*1), Y4
 	VPSLLD       $0x10, Y4, Y4
 	VMOVUPS      1024(SP)(R11*2), Y5
 	VFMADD231PS  Y4, Y5, Y0
@@ -684,7 +684,7 @@ chunk:
 	VFMADD231PS  Y4, Y5, Y2
 	VMOVUPS      4096(SP)(R11*2), Y5
 	VFMADD231PS  Y4, Y5, Y3
-	VMOVDQU      (CX)(R11*1), Y4
+	VMOVDQU      (SI)(R11*1), Y4
 	VPAND        attn_pair_mask<>+0(SB), Y4, Y4
 	VMOVUPS      1056(SP)(R11*2), Y5
 	VFMADD231PS  Y4, Y5, Y0
@@ -708,17 +708,17 @@ chunk:
 	VADDPS       X1, X0, X0
 	VMULPS       X4, X0, X0
 	VMOVSS       X0, (AX)
-	VEXTRACTPS   $0x01, X0, (AX)(BX*1)
-	VEXTRACTPS   $0x02, X0, (AX)(BX*2)
-	VEXTRACTPS   $0x03, X0, (AX)(SI*1)
-	VMOVUPS      (DI), X1
+	VEXTRACTPS   $0x01, X0, (AX)(CX*1)
+	VEXTRACTPS   $0x02, X0, (AX)(CX*2)
+	VEXTRACTPS   $0x03, X0, (AX)(DX*1)
+	VMOVUPS      (BX), X1
 	VMAXPS       X0, X1, X1
-	VMOVUPS      X1, (DI)
+	VMOVUPS      X1, (BX)
 	ADDQ         $0x04, AX
-	SUBQ         $0x01, DX
+	SUBQ         $0x01, DI
 	JMP          row
 
-done:
+scored:
 	VZEROUPPER
 	RET
 
@@ -768,21 +768,21 @@ perm1:
 	DECQ    BX
 	JNZ     perm1
 	MOVQ    out+0(FP), AX
-	MOVQ    k+16(FP), CX
-	MOVQ    n+24(FP), DX
-	MOVQ    ostride+40(FP), BX
-	SHLQ    $0x02, BX
-	MOVQ    mx+56(FP), SI
+	MOVQ    ostride+40(FP), CX
+	SHLQ    $0x02, CX
+	MOVQ    mx+56(FP), DX
+	MOVQ    k+16(FP), BX
+	MOVQ    n+24(FP), SI
 	MOVQ    pfA+64(FP), DI
 	MOVQ    pfB+72(FP), R8
 	MOVQ    d+32(FP), R9
 	SHLQ    $0x01, R9
 
 rows:
-	CMPQ   DX, $0x04
+	CMPQ   SI, $0x04
 	JL     row
-	LEAQ   (CX)(R9*1), CX
-	LEAQ   (CX)(R9*1), R10
+	LEAQ   (BX)(R9*1), BX
+	LEAQ   (BX)(R9*1), R10
 	LEAQ   (R10)(R9*1), R11
 	LEAQ   (R11)(R9*1), R12
 	VXORPS Y0, Y0, Y0
@@ -797,7 +797,7 @@ rows:
 	NEGQ   R13
 
 chunks:
-	VMOVDQU      (CX)(R13*1), Y8
+	VMOVDQU      (BX)(R13*1), Y8
 	VPSLLD       $0x10, Y8, Y8
 	VMOVDQU      (R10)(R13*1), Y9
 	VPSLLD       $0x10, Y9, Y9
@@ -815,7 +815,7 @@ chunks:
 	VFMADD231PS  Y9, Y12, Y3
 	VFMADD231PS  Y10, Y12, Y5
 	VFMADD231PS  Y11, Y12, Y7
-	VMOVDQU      (CX)(R13*1), Y8
+	VMOVDQU      (BX)(R13*1), Y8
 	VPAND        attn_pair_mask<>+0(SB), Y8, Y8
 	VMOVDQU      (R10)(R13*1), Y9
 	VPAND        attn_pair_mask<>+0(SB), Y9, Y9
@@ -850,62 +850,62 @@ chunks:
 	VADDPS       X1, X0, X0
 	VMULPS       X8, X0, X0
 	VMOVSS       X0, (AX)
-	VEXTRACTPS   $0x01, X0, (AX)(BX*1)
-	VMOVSD       (SI), X1
+	VEXTRACTPS   $0x01, X0, (AX)(CX*1)
+	VMOVSD       (DX), X1
 	VMAXPS       X0, X1, X1
-	VMOVSD       X1, (SI)
+	VMOVSD       X1, (DX)
 	VHADDPS      Y3, Y2, Y0
 	VHADDPS      Y0, Y0, Y0
 	VEXTRACTF128 $0x01, Y0, X1
 	VADDPS       X1, X0, X0
 	VMULPS       X8, X0, X0
 	VMOVSS       X0, 4(AX)
-	VEXTRACTPS   $0x01, X0, 4(AX)(BX*1)
-	VMOVSD       (SI), X1
+	VEXTRACTPS   $0x01, X0, 4(AX)(CX*1)
+	VMOVSD       (DX), X1
 	VMAXPS       X0, X1, X1
-	VMOVSD       X1, (SI)
+	VMOVSD       X1, (DX)
 	VHADDPS      Y5, Y4, Y0
 	VHADDPS      Y0, Y0, Y0
 	VEXTRACTF128 $0x01, Y0, X1
 	VADDPS       X1, X0, X0
 	VMULPS       X8, X0, X0
 	VMOVSS       X0, 8(AX)
-	VEXTRACTPS   $0x01, X0, 8(AX)(BX*1)
-	VMOVSD       (SI), X1
+	VEXTRACTPS   $0x01, X0, 8(AX)(CX*1)
+	VMOVSD       (DX), X1
 	VMAXPS       X0, X1, X1
-	VMOVSD       X1, (SI)
+	VMOVSD       X1, (DX)
 	VHADDPS      Y7, Y6, Y0
 	VHADDPS      Y0, Y0, Y0
 	VEXTRACTF128 $0x01, Y0, X1
 	VADDPS       X1, X0, X0
 	VMULPS       X8, X0, X0
 	VMOVSS       X0, 12(AX)
-	VEXTRACTPS   $0x01, X0, 12(AX)(BX*1)
-	VMOVSD       (SI), X1
+	VEXTRACTPS   $0x01, X0, 12(AX)(CX*1)
+	VMOVSD       (DX), X1
 	VMAXPS       X0, X1, X1
-	VMOVSD       X1, (SI)
-	MOVQ         R12, CX
+	VMOVSD       X1, (DX)
+	MOVQ         R12, BX
 	ADDQ         $0x10, AX
-	SUBQ         $0x04, DX
+	SUBQ         $0x04, SI
 	JMP          rows
 
 row:
-	CMPQ   DX, $0x00
-	JE     done
-	LEAQ   (CX)(R9*1), CX
+	CMPQ   SI, $0x00
+	JE     scored
+	LEAQ   (BX)(R9*1), BX
 	VXORPS Y0, Y0, Y0
 	VXORPS Y1, Y1, Y1
 	MOVQ   R9, R10
 	NEGQ   R10
 
 chunk:
-	VMOVDQU      (CX)(R10*1), Y2
+	VMOVDQU      (BX)(R10*1), Y2
 	VPSLLD       $0x10, Y2, Y2
 	VMOVUPS      1024(SP)(R10*2), Y3
 	VFMADD231PS  Y2, Y3, Y0
 	VMOVUPS      2048(SP)(R10*2), Y3
 	VFMADD231PS  Y2, Y3, Y1
-	VMOVDQU      (CX)(R10*1), Y2
+	VMOVDQU      (BX)(R10*1), Y2
 	VPAND        attn_pair_mask<>+0(SB), Y2, Y2
 	VMOVUPS      1056(SP)(R10*2), Y3
 	VFMADD231PS  Y2, Y3, Y0
@@ -924,15 +924,15 @@ chunk:
 	VADDPS       X1, X0, X0
 	VMULPS       X2, X0, X0
 	VMOVSS       X0, (AX)
-	VEXTRACTPS   $0x01, X0, (AX)(BX*1)
-	VMOVSD       (SI), X1
+	VEXTRACTPS   $0x01, X0, (AX)(CX*1)
+	VMOVSD       (DX), X1
 	VMAXPS       X0, X1, X1
-	VMOVSD       X1, (SI)
+	VMOVSD       X1, (DX)
 	ADDQ         $0x04, AX
-	SUBQ         $0x01, DX
+	SUBQ         $0x01, SI
 	JMP          row
 
-done:
+scored:
 	VZEROUPPER
 	RET
 
@@ -962,21 +962,21 @@ perm0:
 	DECQ    BX
 	JNZ     perm0
 	MOVQ    out+0(FP), AX
-	MOVQ    k+16(FP), CX
-	MOVQ    n+24(FP), DX
-	MOVQ    ostride+40(FP), BX
-	SHLQ    $0x02, BX
-	MOVQ    mx+56(FP), BX
+	MOVQ    ostride+40(FP), CX
+	SHLQ    $0x02, CX
+	MOVQ    mx+56(FP), CX
+	MOVQ    k+16(FP), DX
+	MOVQ    n+24(FP), BX
 	MOVQ    pfA+64(FP), SI
 	MOVQ    pfB+72(FP), DI
 	MOVQ    d+32(FP), R8
 	SHLQ    $0x01, R8
 
 rows:
-	CMPQ   DX, $0x06
+	CMPQ   BX, $0x06
 	JL     row
-	LEAQ   (CX)(R8*1), CX
-	LEAQ   (CX)(R8*1), R9
+	LEAQ   (DX)(R8*1), DX
+	LEAQ   (DX)(R8*1), R9
 	LEAQ   (R9)(R8*1), R10
 	LEAQ   (R10)(R8*1), R11
 	LEAQ   (R11)(R8*1), R12
@@ -991,7 +991,7 @@ rows:
 	NEGQ   R14
 
 chunks:
-	VMOVDQU      (CX)(R14*1), Y6
+	VMOVDQU      (DX)(R14*1), Y6
 	VPSLLD       $0x10, Y6, Y6
 	VMOVDQU      (R9)(R14*1), Y7
 	VPSLLD       $0x10, Y7, Y7
@@ -1010,7 +1010,7 @@ chunks:
 	VFMADD231PS  Y9, Y12, Y3
 	VFMADD231PS  Y10, Y12, Y4
 	VFMADD231PS  Y11, Y12, Y5
-	VMOVDQU      (CX)(R14*1), Y6
+	VMOVDQU      (DX)(R14*1), Y6
 	VPAND        attn_pair_mask<>+0(SB), Y6, Y6
 	VMOVDQU      (R9)(R14*1), Y7
 	VPAND        attn_pair_mask<>+0(SB), Y7, Y7
@@ -1048,73 +1048,73 @@ chunks:
 	VADDPS       X7, X0, X0
 	VMULPS       X6, X0, X0
 	VMOVSS       X0, (AX)
-	VMOVSS       (BX), X7
+	VMOVSS       (CX), X7
 	VMAXSS       X0, X7, X7
-	VMOVSS       X7, (BX)
+	VMOVSS       X7, (CX)
 	VHADDPS      Y1, Y1, Y0
 	VHADDPS      Y0, Y0, Y0
 	VEXTRACTF128 $0x01, Y0, X1
 	VADDPS       X1, X0, X0
 	VMULPS       X6, X0, X0
 	VMOVSS       X0, 4(AX)
-	VMOVSS       (BX), X1
+	VMOVSS       (CX), X1
 	VMAXSS       X0, X1, X1
-	VMOVSS       X1, (BX)
+	VMOVSS       X1, (CX)
 	VHADDPS      Y2, Y2, Y0
 	VHADDPS      Y0, Y0, Y0
 	VEXTRACTF128 $0x01, Y0, X1
 	VADDPS       X1, X0, X0
 	VMULPS       X6, X0, X0
 	VMOVSS       X0, 8(AX)
-	VMOVSS       (BX), X1
+	VMOVSS       (CX), X1
 	VMAXSS       X0, X1, X1
-	VMOVSS       X1, (BX)
+	VMOVSS       X1, (CX)
 	VHADDPS      Y3, Y3, Y0
 	VHADDPS      Y0, Y0, Y0
 	VEXTRACTF128 $0x01, Y0, X1
 	VADDPS       X1, X0, X0
 	VMULPS       X6, X0, X0
 	VMOVSS       X0, 12(AX)
-	VMOVSS       (BX), X1
+	VMOVSS       (CX), X1
 	VMAXSS       X0, X1, X1
-	VMOVSS       X1, (BX)
+	VMOVSS       X1, (CX)
 	VHADDPS      Y4, Y4, Y0
 	VHADDPS      Y0, Y0, Y0
 	VEXTRACTF128 $0x01, Y0, X1
 	VADDPS       X1, X0, X0
 	VMULPS       X6, X0, X0
 	VMOVSS       X0, 16(AX)
-	VMOVSS       (BX), X1
+	VMOVSS       (CX), X1
 	VMAXSS       X0, X1, X1
-	VMOVSS       X1, (BX)
+	VMOVSS       X1, (CX)
 	VHADDPS      Y5, Y5, Y0
 	VHADDPS      Y0, Y0, Y0
 	VEXTRACTF128 $0x01, Y0, X1
 	VADDPS       X1, X0, X0
 	VMULPS       X6, X0, X0
 	VMOVSS       X0, 20(AX)
-	VMOVSS       (BX), X1
+	VMOVSS       (CX), X1
 	VMAXSS       X0, X1, X1
-	VMOVSS       X1, (BX)
-	MOVQ         R13, CX
+	VMOVSS       X1, (CX)
+	MOVQ         R13, DX
 	ADDQ         $0x18, AX
-	SUBQ         $0x06, DX
+	SUBQ         $0x06, BX
 	JMP          rows
 
 row:
-	CMPQ   DX, $0x00
-	JE     done
-	LEAQ   (CX)(R8*1), CX
+	CMPQ   BX, $0x00
+	JE     scored
+	LEAQ   (DX)(R8*1), DX
 	VXORPS Y0, Y0, Y0
 	MOVQ   R8, R9
 	NEGQ   R9
 
 chunk:
-	VMOVDQU      (CX)(R9*1), Y1
+	VMOVDQU      (DX)(R9*1), Y1
 	VPSLLD       $0x10, Y1, Y1
 	VMOVUPS      1024(SP)(R9*2), Y2
 	VFMADD231PS  Y1, Y2, Y0
-	VMOVDQU      (CX)(R9*1), Y1
+	VMOVDQU      (DX)(R9*1), Y1
 	VPAND        attn_pair_mask<>+0(SB), Y1, Y1
 	VMOVUPS      1056(SP)(R9*2), Y2
 	VFMADD231PS  Y1, Y2, Y0
@@ -1131,35 +1131,35 @@ chunk:
 	VADDPS       X2, X0, X0
 	VMULPS       X1, X0, X0
 	VMOVSS       X0, (AX)
-	VMOVSS       (BX), X1
+	VMOVSS       (CX), X1
 	VMAXSS       X0, X1, X1
-	VMOVSS       X1, (BX)
+	VMOVSS       X1, (CX)
 	ADDQ         $0x04, AX
-	SUBQ         $0x01, DX
+	SUBQ         $0x01, BX
 	JMP          row
 
-done:
+scored:
 	VZEROUPPER
 	RET
 
 // func accumBF16H4(acc *float32, p *float32, v *byte, n int, d int, pstride int)
 // Requires: AVX, AVX2, FMA3
 TEXT ·accumBF16H4(SB), NOSPLIT, $0-48
-	MOVQ acc+0(FP), AX
-	MOVQ v+16(FP), CX
-	MOVQ d+32(FP), DX
-	MOVQ pstride+40(FP), BX
-	SHLQ $0x02, BX
-	LEAQ (BX)(BX*2), SI
-	MOVQ DX, DI
+	MOVQ pstride+40(FP), AX
+	SHLQ $0x02, AX
+	LEAQ (AX)(AX*2), CX
+	MOVQ acc+0(FP), DX
+	MOVQ v+16(FP), BX
+	MOVQ d+32(FP), SI
+	MOVQ SI, DI
 	SHLQ $0x01, DI
-	MOVQ DX, R8
+	MOVQ SI, R8
 	SHLQ $0x02, R8
 
 w2:
-	CMPQ    DX, $0x10
+	CMPQ    SI, $0x10
 	JL      w1
-	MOVQ    AX, R9
+	MOVQ    DX, R9
 	VMOVUPS (R9), Y0
 	VMOVUPS 32(R9), Y1
 	ADDQ    R8, R9
@@ -1173,13 +1173,13 @@ w2:
 	VMOVUPS 32(R9), Y7
 	MOVQ    p+8(FP), R9
 	MOVQ    n+24(FP), R10
-	MOVQ    CX, R11
+	MOVQ    BX, R11
 
 tokens2:
 	VBROADCASTSS (R9), Y8
-	VBROADCASTSS (R9)(BX*1), Y9
-	VBROADCASTSS (R9)(BX*2), Y10
-	VBROADCASTSS (R9)(SI*1), Y11
+	VBROADCASTSS (R9)(AX*1), Y9
+	VBROADCASTSS (R9)(AX*2), Y10
+	VBROADCASTSS (R9)(CX*1), Y11
 	VPMOVZXWD    (R11), Y12
 	VPSLLD       $0x10, Y12, Y12
 	VFMADD231PS  Y12, Y8, Y0
@@ -1196,7 +1196,7 @@ tokens2:
 	ADDQ         $0x04, R9
 	DECQ         R10
 	JNZ          tokens2
-	MOVQ         AX, R9
+	MOVQ         DX, R9
 	VMOVUPS      Y0, (R9)
 	VMOVUPS      Y1, 32(R9)
 	ADDQ         R8, R9
@@ -1208,15 +1208,15 @@ tokens2:
 	ADDQ         R8, R9
 	VMOVUPS      Y6, (R9)
 	VMOVUPS      Y7, 32(R9)
-	ADDQ         $0x00000040, AX
-	ADDQ         $0x00000020, CX
-	SUBQ         $0x10, DX
+	ADDQ         $0x00000040, DX
+	ADDQ         $0x00000020, BX
+	SUBQ         $0x10, SI
 	JMP          w2
 
 w1:
-	CMPQ    DX, $0x08
-	JL      done
-	MOVQ    AX, R9
+	CMPQ    SI, $0x08
+	JL      accumulated
+	MOVQ    DX, R9
 	VMOVUPS (R9), Y0
 	ADDQ    R8, R9
 	VMOVUPS (R9), Y1
@@ -1226,13 +1226,13 @@ w1:
 	VMOVUPS (R9), Y3
 	MOVQ    p+8(FP), R9
 	MOVQ    n+24(FP), R10
-	MOVQ    CX, R11
+	MOVQ    BX, R11
 
 tokens1:
 	VBROADCASTSS (R9), Y4
-	VBROADCASTSS (R9)(BX*1), Y5
-	VBROADCASTSS (R9)(BX*2), Y6
-	VBROADCASTSS (R9)(SI*1), Y7
+	VBROADCASTSS (R9)(AX*1), Y5
+	VBROADCASTSS (R9)(AX*2), Y6
+	VBROADCASTSS (R9)(CX*1), Y7
 	VPMOVZXWD    (R11), Y8
 	VPSLLD       $0x10, Y8, Y8
 	VFMADD231PS  Y8, Y4, Y0
@@ -1243,7 +1243,7 @@ tokens1:
 	ADDQ         $0x04, R9
 	DECQ         R10
 	JNZ          tokens1
-	MOVQ         AX, R9
+	MOVQ         DX, R9
 	VMOVUPS      Y0, (R9)
 	ADDQ         R8, R9
 	VMOVUPS      Y1, (R9)
@@ -1251,32 +1251,32 @@ tokens1:
 	VMOVUPS      Y2, (R9)
 	ADDQ         R8, R9
 	VMOVUPS      Y3, (R9)
-	ADDQ         $0x00000020, AX
-	ADDQ         $0x00000010, CX
-	SUBQ         $0x08, DX
+	ADDQ         $0x00000020, DX
+	ADDQ         $0x00000010, BX
+	SUBQ         $0x08, SI
 	JMP          w1
 
-done:
+accumulated:
 	VZEROUPPER
 	RET
 
 // func accumBF16H2(acc *float32, p *float32, v *byte, n int, d int, pstride int)
 // Requires: AVX, AVX2, FMA3
 TEXT ·accumBF16H2(SB), NOSPLIT, $0-48
-	MOVQ acc+0(FP), AX
-	MOVQ v+16(FP), CX
-	MOVQ d+32(FP), DX
-	MOVQ pstride+40(FP), BX
-	SHLQ $0x02, BX
-	MOVQ DX, SI
+	MOVQ pstride+40(FP), AX
+	SHLQ $0x02, AX
+	MOVQ acc+0(FP), CX
+	MOVQ v+16(FP), DX
+	MOVQ d+32(FP), BX
+	MOVQ BX, SI
 	SHLQ $0x01, SI
-	MOVQ DX, DI
+	MOVQ BX, DI
 	SHLQ $0x02, DI
 
 w4:
-	CMPQ    DX, $0x20
+	CMPQ    BX, $0x20
 	JL      w2
-	MOVQ    AX, R8
+	MOVQ    CX, R8
 	VMOVUPS (R8), Y0
 	VMOVUPS 32(R8), Y1
 	VMOVUPS 64(R8), Y2
@@ -1288,11 +1288,11 @@ w4:
 	VMOVUPS 96(R8), Y7
 	MOVQ    p+8(FP), R8
 	MOVQ    n+24(FP), R9
-	MOVQ    CX, R10
+	MOVQ    DX, R10
 
 tokens4:
 	VBROADCASTSS (R8), Y8
-	VBROADCASTSS (R8)(BX*1), Y9
+	VBROADCASTSS (R8)(AX*1), Y9
 	VPMOVZXWD    (R10), Y10
 	VPSLLD       $0x10, Y10, Y10
 	VFMADD231PS  Y10, Y8, Y0
@@ -1313,7 +1313,7 @@ tokens4:
 	ADDQ         $0x04, R8
 	DECQ         R9
 	JNZ          tokens4
-	MOVQ         AX, R8
+	MOVQ         CX, R8
 	VMOVUPS      Y0, (R8)
 	VMOVUPS      Y1, 32(R8)
 	VMOVUPS      Y2, 64(R8)
@@ -1323,15 +1323,15 @@ tokens4:
 	VMOVUPS      Y5, 32(R8)
 	VMOVUPS      Y6, 64(R8)
 	VMOVUPS      Y7, 96(R8)
-	ADDQ         $0x00000080, AX
-	ADDQ         $0x00000040, CX
-	SUBQ         $0x20, DX
+	ADDQ         $0x00000080, CX
+	ADDQ         $0x00000040, DX
+	SUBQ         $0x20, BX
 	JMP          w4
 
 w2:
-	CMPQ    DX, $0x10
+	CMPQ    BX, $0x10
 	JL      w1
-	MOVQ    AX, R8
+	MOVQ    CX, R8
 	VMOVUPS (R8), Y0
 	VMOVUPS 32(R8), Y1
 	ADDQ    DI, R8
@@ -1339,11 +1339,11 @@ w2:
 	VMOVUPS 32(R8), Y3
 	MOVQ    p+8(FP), R8
 	MOVQ    n+24(FP), R9
-	MOVQ    CX, R10
+	MOVQ    DX, R10
 
 tokens2:
 	VBROADCASTSS (R8), Y4
-	VBROADCASTSS (R8)(BX*1), Y5
+	VBROADCASTSS (R8)(AX*1), Y5
 	VPMOVZXWD    (R10), Y6
 	VPSLLD       $0x10, Y6, Y6
 	VFMADD231PS  Y6, Y4, Y0
@@ -1356,31 +1356,31 @@ tokens2:
 	ADDQ         $0x04, R8
 	DECQ         R9
 	JNZ          tokens2
-	MOVQ         AX, R8
+	MOVQ         CX, R8
 	VMOVUPS      Y0, (R8)
 	VMOVUPS      Y1, 32(R8)
 	ADDQ         DI, R8
 	VMOVUPS      Y2, (R8)
 	VMOVUPS      Y3, 32(R8)
-	ADDQ         $0x00000040, AX
-	ADDQ         $0x00000020, CX
-	SUBQ         $0x10, DX
+	ADDQ         $0x00000040, CX
+	ADDQ         $0x00000020, DX
+	SUBQ         $0x10, BX
 	JMP          w2
 
 w1:
-	CMPQ    DX, $0x08
-	JL      done
-	MOVQ    AX, R8
+	CMPQ    BX, $0x08
+	JL      accumulated
+	MOVQ    CX, R8
 	VMOVUPS (R8), Y0
 	ADDQ    DI, R8
 	VMOVUPS (R8), Y1
 	MOVQ    p+8(FP), R8
 	MOVQ    n+24(FP), R9
-	MOVQ    CX, R10
+	MOVQ    DX, R10
 
 tokens1:
 	VBROADCASTSS (R8), Y2
-	VBROADCASTSS (R8)(BX*1), Y3
+	VBROADCASTSS (R8)(AX*1), Y3
 	VPMOVZXWD    (R10), Y4
 	VPSLLD       $0x10, Y4, Y4
 	VFMADD231PS  Y4, Y2, Y0
@@ -1389,27 +1389,27 @@ tokens1:
 	ADDQ         $0x04, R8
 	DECQ         R9
 	JNZ          tokens1
-	MOVQ         AX, R8
+	MOVQ         CX, R8
 	VMOVUPS      Y0, (R8)
 	ADDQ         DI, R8
 	VMOVUPS      Y1, (R8)
-	ADDQ         $0x00000020, AX
-	ADDQ         $0x00000010, CX
-	SUBQ         $0x08, DX
+	ADDQ         $0x00000020, CX
+	ADDQ         $0x00000010, DX
+	SUBQ         $0x08, BX
 	JMP          w1
 
-done:
+accumulated:
 	VZEROUPPER
 	RET
 
 // func accumBF16H1(acc *float32, p *float32, v *byte, n int, d int, pstride int)
 // Requires: AVX, AVX2, FMA3
 TEXT ·accumBF16H1(SB), NOSPLIT, $0-48
+	MOVQ pstride+40(FP), AX
+	SHLQ $0x02, AX
 	MOVQ acc+0(FP), AX
 	MOVQ v+16(FP), CX
 	MOVQ d+32(FP), DX
-	MOVQ pstride+40(FP), BX
-	SHLQ $0x02, BX
 	MOVQ DX, BX
 	SHLQ $0x01, BX
 	MOVQ DX, SI
@@ -1547,7 +1547,7 @@ tokens2:
 
 w1:
 	CMPQ    DX, $0x08
-	JL      done
+	JL      accumulated
 	MOVQ    AX, SI
 	VMOVUPS (SI), Y0
 	MOVQ    p+8(FP), SI
@@ -1570,7 +1570,7 @@ tokens1:
 	SUBQ         $0x08, DX
 	JMP          w1
 
-done:
+accumulated:
 	VZEROUPPER
 	RET
 
@@ -1886,21 +1886,21 @@ done:
 // func accumF32H4(acc *float32, p *float32, v *float32, n int, d int, pstride int)
 // Requires: AVX, FMA3
 TEXT ·accumF32H4(SB), NOSPLIT, $0-48
-	MOVQ acc+0(FP), AX
-	MOVQ v+16(FP), CX
-	MOVQ d+32(FP), DX
-	MOVQ pstride+40(FP), BX
-	SHLQ $0x02, BX
-	LEAQ (BX)(BX*2), SI
-	MOVQ DX, DI
+	MOVQ pstride+40(FP), AX
+	SHLQ $0x02, AX
+	LEAQ (AX)(AX*2), CX
+	MOVQ acc+0(FP), DX
+	MOVQ v+16(FP), BX
+	MOVQ d+32(FP), SI
+	MOVQ SI, DI
 	SHLQ $0x02, DI
-	MOVQ DX, R8
+	MOVQ SI, R8
 	SHLQ $0x02, R8
 
 w2:
-	CMPQ    DX, $0x10
+	CMPQ    SI, $0x10
 	JL      w1
-	MOVQ    AX, R9
+	MOVQ    DX, R9
 	VMOVUPS (R9), Y0
 	VMOVUPS 32(R9), Y1
 	ADDQ    R8, R9
@@ -1914,13 +1914,13 @@ w2:
 	VMOVUPS 32(R9), Y7
 	MOVQ    p+8(FP), R9
 	MOVQ    n+24(FP), R10
-	MOVQ    CX, R11
+	MOVQ    BX, R11
 
 tokens2:
 	VBROADCASTSS (R9), Y8
-	VBROADCASTSS (R9)(BX*1), Y9
-	VBROADCASTSS (R9)(BX*2), Y10
-	VBROADCASTSS (R9)(SI*1), Y11
+	VBROADCASTSS (R9)(AX*1), Y9
+	VBROADCASTSS (R9)(AX*2), Y10
+	VBROADCASTSS (R9)(CX*1), Y11
 	VMOVUPS      (R11), Y12
 	VFMADD231PS  Y12, Y8, Y0
 	VFMADD231PS  Y12, Y9, Y2
@@ -1935,7 +1935,7 @@ tokens2:
 	ADDQ         $0x04, R9
 	DECQ         R10
 	JNZ          tokens2
-	MOVQ         AX, R9
+	MOVQ         DX, R9
 	VMOVUPS      Y0, (R9)
 	VMOVUPS      Y1, 32(R9)
 	ADDQ         R8, R9
@@ -1947,15 +1947,15 @@ tokens2:
 	ADDQ         R8, R9
 	VMOVUPS      Y6, (R9)
 	VMOVUPS      Y7, 32(R9)
-	ADDQ         $0x00000040, AX
-	ADDQ         $0x00000040, CX
-	SUBQ         $0x10, DX
+	ADDQ         $0x00000040, DX
+	ADDQ         $0x00000040, BX
+	SUBQ         $0x10, SI
 	JMP          w2
 
 w1:
-	CMPQ    DX, $0x08
-	JL      done
-	MOVQ    AX, R9
+	CMPQ    SI, $0x08
+	JL      accumulated
+	MOVQ    DX, R9
 	VMOVUPS (R9), Y0
 	ADDQ    R8, R9
 	VMOVUPS (R9), Y1
@@ -1965,13 +1965,13 @@ w1:
 	VMOVUPS (R9), Y3
 	MOVQ    p+8(FP), R9
 	MOVQ    n+24(FP), R10
-	MOVQ    CX, R11
+	MOVQ    BX, R11
 
 tokens1:
 	VBROADCASTSS (R9), Y4
-	VBROADCASTSS (R9)(BX*1), Y5
-	VBROADCASTSS (R9)(BX*2), Y6
-	VBROADCASTSS (R9)(SI*1), Y7
+	VBROADCASTSS (R9)(AX*1), Y5
+	VBROADCASTSS (R9)(AX*2), Y6
+	VBROADCASTSS (R9)(CX*1), Y7
 	VMOVUPS      (R11), Y8
 	VFMADD231PS  Y8, Y4, Y0
 	VFMADD231PS  Y8, Y5, Y1
@@ -1981,7 +1981,7 @@ tokens1:
 	ADDQ         $0x04, R9
 	DECQ         R10
 	JNZ          tokens1
-	MOVQ         AX, R9
+	MOVQ         DX, R9
 	VMOVUPS      Y0, (R9)
 	ADDQ         R8, R9
 	VMOVUPS      Y1, (R9)
@@ -1989,32 +1989,32 @@ tokens1:
 	VMOVUPS      Y2, (R9)
 	ADDQ         R8, R9
 	VMOVUPS      Y3, (R9)
-	ADDQ         $0x00000020, AX
-	ADDQ         $0x00000020, CX
-	SUBQ         $0x08, DX
+	ADDQ         $0x00000020, DX
+	ADDQ         $0x00000020, BX
+	SUBQ         $0x08, SI
 	JMP          w1
 
-done:
+accumulated:
 	VZEROUPPER
 	RET
 
 // func accumF32H2(acc *float32, p *float32, v *float32, n int, d int, pstride int)
 // Requires: AVX, FMA3
 TEXT ·accumF32H2(SB), NOSPLIT, $0-48
-	MOVQ acc+0(FP), AX
-	MOVQ v+16(FP), CX
-	MOVQ d+32(FP), DX
-	MOVQ pstride+40(FP), BX
-	SHLQ $0x02, BX
-	MOVQ DX, SI
+	MOVQ pstride+40(FP), AX
+	SHLQ $0x02, AX
+	MOVQ acc+0(FP), CX
+	MOVQ v+16(FP), DX
+	MOVQ d+32(FP), BX
+	MOVQ BX, SI
 	SHLQ $0x02, SI
-	MOVQ DX, DI
+	MOVQ BX, DI
 	SHLQ $0x02, DI
 
 w4:
-	CMPQ    DX, $0x20
+	CMPQ    BX, $0x20
 	JL      w2
-	MOVQ    AX, R8
+	MOVQ    CX, R8
 	VMOVUPS (R8), Y0
 	VMOVUPS 32(R8), Y1
 	VMOVUPS 64(R8), Y2
@@ -2026,11 +2026,11 @@ w4:
 	VMOVUPS 96(R8), Y7
 	MOVQ    p+8(FP), R8
 	MOVQ    n+24(FP), R9
-	MOVQ    CX, R10
+	MOVQ    DX, R10
 
 tokens4:
 	VBROADCASTSS (R8), Y8
-	VBROADCASTSS (R8)(BX*1), Y9
+	VBROADCASTSS (R8)(AX*1), Y9
 	VMOVUPS      (R10), Y10
 	VFMADD231PS  Y10, Y8, Y0
 	VFMADD231PS  Y10, Y9, Y4
@@ -2047,7 +2047,7 @@ tokens4:
 	ADDQ         $0x04, R8
 	DECQ         R9
 	JNZ          tokens4
-	MOVQ         AX, R8
+	MOVQ         CX, R8
 	VMOVUPS      Y0, (R8)
 	VMOVUPS      Y1, 32(R8)
 	VMOVUPS      Y2, 64(R8)
@@ -2057,15 +2057,15 @@ tokens4:
 	VMOVUPS      Y5, 32(R8)
 	VMOVUPS      Y6, 64(R8)
 	VMOVUPS      Y7, 96(R8)
-	ADDQ         $0x00000080, AX
 	ADDQ         $0x00000080, CX
-	SUBQ         $0x20, DX
+	ADDQ         $0x00000080, DX
+	SUBQ         $0x20, BX
 	JMP          w4
 
 w2:
-	CMPQ    DX, $0x10
+	CMPQ    BX, $0x10
 	JL      w1
-	MOVQ    AX, R8
+	MOVQ    CX, R8
 	VMOVUPS (R8), Y0
 	VMOVUPS 32(R8), Y1
 	ADDQ    DI, R8
@@ -2073,11 +2073,11 @@ w2:
 	VMOVUPS 32(R8), Y3
 	MOVQ    p+8(FP), R8
 	MOVQ    n+24(FP), R9
-	MOVQ    CX, R10
+	MOVQ    DX, R10
 
 tokens2:
 	VBROADCASTSS (R8), Y4
-	VBROADCASTSS (R8)(BX*1), Y5
+	VBROADCASTSS (R8)(AX*1), Y5
 	VMOVUPS      (R10), Y6
 	VFMADD231PS  Y6, Y4, Y0
 	VFMADD231PS  Y6, Y5, Y2
@@ -2088,31 +2088,31 @@ tokens2:
 	ADDQ         $0x04, R8
 	DECQ         R9
 	JNZ          tokens2
-	MOVQ         AX, R8
+	MOVQ         CX, R8
 	VMOVUPS      Y0, (R8)
 	VMOVUPS      Y1, 32(R8)
 	ADDQ         DI, R8
 	VMOVUPS      Y2, (R8)
 	VMOVUPS      Y3, 32(R8)
-	ADDQ         $0x00000040, AX
 	ADDQ         $0x00000040, CX
-	SUBQ         $0x10, DX
+	ADDQ         $0x00000040, DX
+	SUBQ         $0x10, BX
 	JMP          w2
 
 w1:
-	CMPQ    DX, $0x08
-	JL      done
-	MOVQ    AX, R8
+	CMPQ    BX, $0x08
+	JL      accumulated
+	MOVQ    CX, R8
 	VMOVUPS (R8), Y0
 	ADDQ    DI, R8
 	VMOVUPS (R8), Y1
 	MOVQ    p+8(FP), R8
 	MOVQ    n+24(FP), R9
-	MOVQ    CX, R10
+	MOVQ    DX, R10
 
 tokens1:
 	VBROADCASTSS (R8), Y2
-	VBROADCASTSS (R8)(BX*1), Y3
+	VBROADCASTSS (R8)(AX*1), Y3
 	VMOVUPS      (R10), Y4
 	VFMADD231PS  Y4, Y2, Y0
 	VFMADD231PS  Y4, Y3, Y1
@@ -2120,27 +2120,27 @@ tokens1:
 	ADDQ         $0x04, R8
 	DECQ         R9
 	JNZ          tokens1
-	MOVQ         AX, R8
+	MOVQ         CX, R8
 	VMOVUPS      Y0, (R8)
 	ADDQ         DI, R8
 	VMOVUPS      Y1, (R8)
-	ADDQ         $0x00000020, AX
 	ADDQ         $0x00000020, CX
-	SUBQ         $0x08, DX
+	ADDQ         $0x00000020, DX
+	SUBQ         $0x08, BX
 	JMP          w1
 
-done:
+accumulated:
 	VZEROUPPER
 	RET
 
 // func accumF32H1(acc *float32, p *float32, v *float32, n int, d int, pstride int)
 // Requires: AVX, FMA3
 TEXT ·accumF32H1(SB), NOSPLIT, $0-48
+	MOVQ pstride+40(FP), AX
+	SHLQ $0x02, AX
 	MOVQ acc+0(FP), AX
 	MOVQ v+16(FP), CX
 	MOVQ d+32(FP), DX
-	MOVQ pstride+40(FP), BX
-	SHLQ $0x02, BX
 	MOVQ DX, BX
 	SHLQ $0x02, BX
 	MOVQ DX, SI
@@ -2264,7 +2264,7 @@ tokens2:
 
 w1:
 	CMPQ    DX, $0x08
-	JL      done
+	JL      accumulated
 	MOVQ    AX, SI
 	VMOVUPS (SI), Y0
 	MOVQ    p+8(FP), SI
@@ -2286,7 +2286,7 @@ tokens1:
 	SUBQ         $0x08, DX
 	JMP          w1
 
-done:
+accumulated:
 	VZEROUPPER
 	RET
 
@@ -2372,6 +2372,524 @@ done:
 	VEXTRACTF128 $0x01, Y0, X1
 	VADDPS       X1, X0, X0
 	VMOVSS       X0, ret+24(FP)
+	VZEROUPPER
+	RET
+
+// func decodePageBF16H4(q *float32, k *byte, v *byte, n int, d int, scale float32, s *float32, m *float32, l *float32, acc *float32, pfA *byte, pfB *byte)
+// Requires: AVX, AVX2, FMA3, MMX+
+TEXT ·decodePageBF16H4(SB), $4192-96
+	MOVQ q+0(FP), AX
+	MOVQ d+32(FP), CX
+	LEAQ 1024(SP), DX
+	MOVQ CX, BX
+	SHLQ $0x02, BX
+	SUBQ BX, DX
+	MOVQ CX, BX
+	SHRQ $0x04, BX
+
+perm0:
+	VMOVUPS (AX), Y0
+	VMOVUPS 32(AX), Y1
+	VSHUFPS $0x88, Y1, Y0, Y2
+	VSHUFPS $0xdd, Y1, Y0, Y0
+	VPERMPD $0xd8, Y2, Y2
+	VPERMPD $0xd8, Y0, Y0
+	VMOVUPS Y2, (DX)
+	VMOVUPS Y0, 32(DX)
+	ADDQ    $0x40, AX
+	ADDQ    $0x40, DX
+	DECQ    BX
+	JNZ     perm0
+	LEAQ    2048(SP), DX
+	MOVQ    CX, BX
+	SHLQ    $0x02, BX
+	SUBQ    BX, DX
+	MOVQ    CX, BX
+	SHRQ    $0x04, BX
+
+perm1:
+	VMOVUPS (AX), Y0
+	VMOVUPS 32(AX), Y1
+	VSHUFPS $0x88, Y1, Y0, Y2
+	VSHUFPS $0xdd, Y1, Y0, Y0
+	VPERMPD $0xd8, Y2, Y2
+	VPERMPD $0xd8, Y0, Y0
+	VMOVUPS Y2, (DX)
+	VMOVUPS Y0, 32(DX)
+	ADDQ    $0x40, AX
+	ADDQ    $0x40, DX
+	DECQ    BX
+	JNZ     perm1
+	LEAQ    3072(SP), DX
+	MOVQ    CX, BX
+	SHLQ    $0x02, BX
+	SUBQ    BX, DX
+	MOVQ    CX, BX
+	SHRQ    $0x04, BX
+
+perm2:
+	VMOVUPS (AX), Y0
+	VMOVUPS 32(AX), Y1
+	VSHUFPS $0x88, Y1, Y0, Y2
+	VSHUFPS $0xdd, Y1, Y0, Y0
+	VPERMPD $0xd8, Y2, Y2
+	VPERMPD $0xd8, Y0, Y0
+	VMOVUPS Y2, (DX)
+	VMOVUPS Y0, 32(DX)
+	ADDQ    $0x40, AX
+	ADDQ    $0x40, DX
+	DECQ    BX
+	JNZ     perm2
+	LEAQ    4096(SP), DX
+	MOVQ    CX, BX
+	SHLQ    $0x02, BX
+	SUBQ    BX, DX
+	MOVQ    CX, BX
+	SHRQ    $0x04, BX
+
+perm3:
+	VMOVUPS (AX), Y0
+	VMOVUPS 32(AX), Y1
+	VSHUFPS $0x88, Y1, Y0, Y2
+	VSHUFPS $0xdd, Y1, Y0, Y0
+	VPERMPD $0xd8, Y2, Y2
+	VPERMPD $0xd8, Y0, Y0
+	VMOVUPS Y2, (DX)
+	VMOVUPS Y0, 32(DX)
+	ADDQ    $0x40, AX
+	ADDQ    $0x40, DX
+	DECQ    BX
+	JNZ     perm3
+	MOVQ    m+56(FP), AX
+	VMOVUPS (AX), X0
+	VMOVUPS X0, 4160(SP)
+	MOVQ    s+48(FP), AX
+	MOVQ    k+8(FP), CX
+	MOVQ    n+24(FP), DX
+	MOVQ    pfA+80(FP), BX
+	MOVQ    pfB+88(FP), SI
+	MOVQ    d+32(FP), DI
+	SHLQ    $0x01, DI
+
+rows:
+	CMPQ   DX, $0x03
+	JL     row
+	LEAQ   (CX)(DI*1), CX
+	LEAQ   (CX)(DI*1), R8
+	LEAQ   (R8)(DI*1), R9
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	VXORPS Y4, Y4, Y4
+	VXORPS Y5, Y5, Y5
+	VXORPS Y6, Y6, Y6
+	VXORPS Y7, Y7, Y7
+	VXORPS Y8, Y8, Y8
+	VXORPS Y9, Y9, Y9
+	VXORPS Y10, Y10, Y10
+	VXORPS Y11, Y11, Y11
+	MOVQ   DI, R10
+	NEGQ   R10
+
+chunks:
+	VMOVDQU      (CX)(R10*1), Y12
+	VPSLLD       $0x10, Y12, Y12
+	VMOVDQU      (R8)(R10*1), Y13
+	VPSLLD       $0x10, Y13, Y13
+	VMOVDQU      (R9)(R10*1), Y14
+	VPSLLD       $0x10, Y14, Y14
+	VMOVUPS      1024(SP)(R10*2), Y15
+	VFMADD231PS  Y12, Y15, Y0
+	VFMADD231PS  Y13, Y15, Y4
+	VFMADD231PS  Y14, Y15, Y8
+	VMOVUPS      2048(SP)(R10*2), Y15
+	VFMADD231PS  Y12, Y15, Y1
+	VFMADD231PS  Y13, Y15, Y5
+	VFMADD231PS  Y14, Y15, Y9
+	VMOVUPS      3072(SP)(R10*2), Y15
+	VFMADD231PS  Y12, Y15, Y2
+	VFMADD231PS  Y13, Y15, Y6
+	VFMADD231PS  Y14, Y15, Y10
+	VMOVUPS      4096(SP)(R10*2), Y15
+	VFMADD231PS  Y12, Y15, Y3
+	VFMADD231PS  Y13, Y15, Y7
+	VFMADD231PS  Y14, Y15, Y11
+	VMOVDQU      (CX)(R10*1), Y12
+	VPAND        attn_pair_mask<>+0(SB), Y12, Y12
+	VMOVDQU      (R8)(R10*1), Y13
+	VPAND        attn_pair_mask<>+0(SB), Y13, Y13
+	VMOVDQU      (R9)(R10*1), Y14
+	VPAND        attn_pair_mask<>+0(SB), Y14, Y14
+	VMOVUPS      1056(SP)(R10*2), Y15
+	VFMADD231PS  Y12, Y15, Y0
+	VFMADD231PS  Y13, Y15, Y4
+	VFMADD231PS  Y14, Y15, Y8
+	VMOVUPS      2080(SP)(R10*2), Y15
+	VFMADD231PS  Y12, Y15, Y1
+	VFMADD231PS  Y13, Y15, Y5
+	VFMADD231PS  Y14, Y15, Y9
+	VMOVUPS      3104(SP)(R10*2), Y15
+	VFMADD231PS  Y12, Y15, Y2
+	VFMADD231PS  Y13, Y15, Y6
+	VFMADD231PS  Y14, Y15, Y10
+	VMOVUPS      4128(SP)(R10*2), Y15
+	VFMADD231PS  Y12, Y15, Y3
+	VFMADD231PS  Y13, Y15, Y7
+	VFMADD231PS  Y14, Y15, Y11
+	PREFETCHT0   (BX)
+	PREFETCHT0   (SI)
+	PREFETCHT0   64(BX)
+	PREFETCHT0   64(SI)
+	ADDQ         $0x60, BX
+	ADDQ         $0x60, SI
+	ADDQ         $0x20, R10
+	JNZ          chunks
+	VBROADCASTSS scale+40(FP), X12
+	VHADDPS      Y1, Y0, Y0
+	VHADDPS      Y3, Y2, Y1
+	VHADDPS      Y1, Y0, Y0
+	VEXTRACTF128 $0x01, Y0, X1
+	VADDPS       X1, X0, X0
+	VMULPS       X12, X0, X0
+	VMOVUPS      X0, (AX)
+	VMAXPS       4160(SP), X0, X0
+	VMOVUPS      X0, 4160(SP)
+	VHADDPS      Y5, Y4, Y0
+	VHADDPS      Y7, Y6, Y1
+	VHADDPS      Y1, Y0, Y0
+	VEXTRACTF128 $0x01, Y0, X1
+	VADDPS       X1, X0, X0
+	VMULPS       X12, X0, X0
+	VMOVUPS      X0, 16(AX)
+	VMAXPS       4160(SP), X0, X0
+	VMOVUPS      X0, 4160(SP)
+	VHADDPS      Y9, Y8, Y0
+	VHADDPS      Y11, Y10, Y1
+	VHADDPS      Y1, Y0, Y0
+	VEXTRACTF128 $0x01, Y0, X1
+	VADDPS       X1, X0, X0
+	VMULPS       X12, X0, X0
+	VMOVUPS      X0, 32(AX)
+	VMAXPS       4160(SP), X0, X0
+	VMOVUPS      X0, 4160(SP)
+	MOVQ         R9, CX
+	ADDQ         $0x30, AX
+	SUBQ         $0x03, DX
+	JMP          rows
+
+row:
+	CMPQ   DX, $0x00
+	JE     scored
+	LEAQ   (CX)(DI*1), CX
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	MOVQ   DI, R8
+	NEGQ   R8
+
+chunk:
+	VMOVDQU      (CX)(R8*1), Y4
+	VPSLLD       $0x10, Y4, Y4
+	VMOVUPS      1024(SP)(R8*2), Y5
+	VFMADD231PS  Y4, Y5, Y0
+	VMOVUPS      2048(SP)(R8*2), Y5
+	VFMADD231PS  Y4, Y5, Y1
+	VMOVUPS      3072(SP)(R8*2), Y5
+	VFMADD231PS  Y4, Y5, Y2
+	VMOVUPS      4096(SP)(R8*2), Y5
+	VFMADD231PS  Y4, Y5, Y3
+	VMOVDQU      (CX)(R8*1), Y4
+	VPAND        attn_pair_mask<>+0(SB), Y4, Y4
+	VMOVUPS      1056(SP)(R8*2), Y5
+	VFMADD231PS  Y4, Y5, Y0
+	VMOVUPS      2080(SP)(R8*2), Y5
+	VFMADD231PS  Y4, Y5, Y1
+	VMOVUPS      3104(SP)(R8*2), Y5
+	VFMADD231PS  Y4, Y5, Y2
+	VMOVUPS      4128(SP)(R8*2), Y5
+	VFMADD231PS  Y4, Y5, Y3
+	PREFETCHT0   (BX)
+	PREFETCHT0   (SI)
+	ADDQ         $0x20, BX
+	ADDQ         $0x20, SI
+	ADDQ         $0x20, R8
+	JNZ          chunk
+	VBROADCASTSS scale+40(FP), X4
+	VHADDPS      Y1, Y0, Y0
+	VHADDPS      Y3, Y2, Y1
+	VHADDPS      Y1, Y0, Y0
+	VEXTRACTF128 $0x01, Y0, X1
+	VADDPS       X1, X0, X0
+	VMULPS       X4, X0, X0
+	VMOVUPS      X0, (AX)
+	VMAXPS       4160(SP), X0, X0
+	VMOVUPS      X0, 4160(SP)
+	ADDQ         $0x10, AX
+	SUBQ         $0x01, DX
+	JMP          row
+
+scored:
+	VMOVUPS        attn_exp_consts<>+0(SB), Y0
+	VMOVUPS        attn_exp_consts<>+32(SB), Y1
+	VMOVUPS        attn_exp_consts<>+320(SB), Y2
+	VMOVDQU        attn_exp_consts<>+352(SB), Y3
+	MOVQ           m+56(FP), AX
+	VBROADCASTF128 4160(SP), Y4
+	VBROADCASTF128 (AX), Y5
+	VMOVUPS        X4, (AX)
+	VSUBPS         Y4, Y5, Y5
+	VCMPPS         $0x1d, Y0, Y5, Y6
+	VMAXPS         Y0, Y5, Y5
+	VMULPS         Y1, Y5, Y7
+	VROUNDPS       $0x08, Y7, Y7
+	VFNMADD231PS   attn_exp_consts<>+64(SB), Y7, Y5
+	VFNMADD231PS   attn_exp_consts<>+96(SB), Y7, Y5
+	VMOVUPS        attn_exp_consts<>+128(SB), Y8
+	VFMADD213PS    attn_exp_consts<>+160(SB), Y5, Y8
+	VFMADD213PS    attn_exp_consts<>+192(SB), Y5, Y8
+	VFMADD213PS    attn_exp_consts<>+224(SB), Y5, Y8
+	VFMADD213PS    attn_exp_consts<>+256(SB), Y5, Y8
+	VFMADD213PS    attn_exp_consts<>+288(SB), Y5, Y8
+	VMULPS         Y5, Y5, Y9
+	VFMADD213PS    Y5, Y9, Y8
+	VADDPS         Y2, Y8, Y8
+	VCVTPS2DQ      Y7, Y5
+	VPADDD         Y3, Y5, Y5
+	VPSLLD         $0x17, Y5, Y5
+	VMULPS         Y5, Y8, Y8
+	VANDPS         Y6, Y8, Y8
+	MOVQ           l+64(FP), AX
+	VMULPS         (AX), X8, X5
+	VCMPPS         $0x00, Y2, Y8, Y6
+	VMOVMSKPS      X6, AX
+	CMPL           AX, $0x0f
+	JE             weights
+	VMOVUPS        X8, 4176(SP)
+	MOVQ           acc+72(FP), AX
+	MOVQ           d+32(FP), CX
+	VBROADCASTSS   4176(SP), Y6
+	MOVQ           CX, DX
+	SHRQ           $0x03, DX
+
+rescale0:
+	VMULPS       (AX), Y6, Y7
+	VMOVUPS      Y7, (AX)
+	ADDQ         $0x20, AX
+	DECQ         DX
+	JNZ          rescale0
+	VBROADCASTSS 4180(SP), Y6
+	MOVQ         CX, DX
+	SHRQ         $0x03, DX
+
+rescale1:
+	VMULPS       (AX), Y6, Y7
+	VMOVUPS      Y7, (AX)
+	ADDQ         $0x20, AX
+	DECQ         DX
+	JNZ          rescale1
+	VBROADCASTSS 4184(SP), Y6
+	MOVQ         CX, DX
+	SHRQ         $0x03, DX
+
+rescale2:
+	VMULPS       (AX), Y6, Y7
+	VMOVUPS      Y7, (AX)
+	ADDQ         $0x20, AX
+	DECQ         DX
+	JNZ          rescale2
+	VBROADCASTSS 4188(SP), Y6
+	SHRQ         $0x03, CX
+
+rescale3:
+	VMULPS  (AX), Y6, Y7
+	VMOVUPS Y7, (AX)
+	ADDQ    $0x20, AX
+	DECQ    CX
+	JNZ     rescale3
+
+weights:
+	MOVQ   s+48(FP), AX
+	MOVQ   n+24(FP), CX
+	VXORPS Y6, Y6, Y6
+
+pairs:
+	CMPQ         CX, $0x02
+	JL           last
+	VMOVUPS      (AX), Y7
+	VSUBPS       Y4, Y7, Y7
+	VCMPPS       $0x1d, Y0, Y7, Y8
+	VMAXPS       Y0, Y7, Y7
+	VMULPS       Y1, Y7, Y9
+	VROUNDPS     $0x08, Y9, Y9
+	VFNMADD231PS attn_exp_consts<>+64(SB), Y9, Y7
+	VFNMADD231PS attn_exp_consts<>+96(SB), Y9, Y7
+	VMOVUPS      attn_exp_consts<>+128(SB), Y10
+	VFMADD213PS  attn_exp_consts<>+160(SB), Y7, Y10
+	VFMADD213PS  attn_exp_consts<>+192(SB), Y7, Y10
+	VFMADD213PS  attn_exp_consts<>+224(SB), Y7, Y10
+	VFMADD213PS  attn_exp_consts<>+256(SB), Y7, Y10
+	VFMADD213PS  attn_exp_consts<>+288(SB), Y7, Y10
+	VMULPS       Y7, Y7, Y11
+	VFMADD213PS  Y7, Y11, Y10
+	VADDPS       Y2, Y10, Y10
+	VCVTPS2DQ    Y9, Y7
+	VPADDD       Y3, Y7, Y7
+	VPSLLD       $0x17, Y7, Y7
+	VMULPS       Y7, Y10, Y10
+	VANDPS       Y8, Y10, Y10
+	VMOVUPS      Y10, (AX)
+	VADDPS       Y10, Y6, Y6
+	ADDQ         $0x20, AX
+	SUBQ         $0x02, CX
+	JMP          pairs
+
+last:
+	CMPQ           CX, $0x00
+	JE             summed
+	VBROADCASTF128 (AX), Y7
+	VSUBPS         Y4, Y7, Y7
+	VCMPPS         $0x1d, Y0, Y7, Y4
+	VMAXPS         Y0, Y7, Y7
+	VMULPS         Y1, Y7, Y0
+	VROUNDPS       $0x08, Y0, Y0
+	VFNMADD231PS   attn_exp_consts<>+64(SB), Y0, Y7
+	VFNMADD231PS   attn_exp_consts<>+96(SB), Y0, Y7
+	VMOVUPS        attn_exp_consts<>+128(SB), Y1
+	VFMADD213PS    attn_exp_consts<>+160(SB), Y7, Y1
+	VFMADD213PS    attn_exp_consts<>+192(SB), Y7, Y1
+	VFMADD213PS    attn_exp_consts<>+224(SB), Y7, Y1
+	VFMADD213PS    attn_exp_consts<>+256(SB), Y7, Y1
+	VFMADD213PS    attn_exp_consts<>+288(SB), Y7, Y1
+	VMULPS         Y7, Y7, Y8
+	VFMADD213PS    Y7, Y8, Y1
+	VADDPS         Y2, Y1, Y1
+	VCVTPS2DQ      Y0, Y0
+	VPADDD         Y3, Y0, Y0
+	VPSLLD         $0x17, Y0, Y0
+	VMULPS         Y0, Y1, Y1
+	VANDPS         Y4, Y1, Y1
+	VMOVUPS        X1, (AX)
+	VXORPS         Y0, Y0, Y0
+	VBLENDPS       $0x0f, Y1, Y0, Y0
+	VADDPS         Y0, Y6, Y6
+
+summed:
+	VEXTRACTF128 $0x01, Y6, X0
+	VADDPS       X0, X6, X0
+	VADDPS       X0, X5, X5
+	MOVQ         l+64(FP), AX
+	VMOVUPS      X5, (AX)
+	MOVQ         acc+72(FP), AX
+	MOVQ         v+16(FP), CX
+	MOVQ         d+32(FP), DX
+	MOVQ         DX, BX
+	SHLQ         $0x01, BX
+	MOVQ         DX, SI
+	SHLQ         $0x02, SI
+
+w2:
+	CMPQ    DX, $0x10
+	JL      w1
+	MOVQ    AX, DI
+	VMOVUPS (DI), Y0
+	VMOVUPS 32(DI), Y1
+	ADDQ    SI, DI
+	VMOVUPS (DI), Y2
+	VMOVUPS 32(DI), Y3
+	ADDQ    SI, DI
+	VMOVUPS (DI), Y4
+	VMOVUPS 32(DI), Y5
+	ADDQ    SI, DI
+	VMOVUPS (DI), Y6
+	VMOVUPS 32(DI), Y7
+	MOVQ    s+48(FP), DI
+	MOVQ    n+24(FP), R8
+	MOVQ    CX, R9
+
+tokens2:
+	VBROADCASTSS (DI), Y8
+	VBROADCASTSS 4(DI), Y9
+	VBROADCASTSS 8(DI), Y10
+	VBROADCASTSS 12(DI), Y11
+	VPMOVZXWD    (R9), Y12
+	VPSLLD       $0x10, Y12, Y12
+	VFMADD231PS  Y12, Y8, Y0
+	VFMADD231PS  Y12, Y9, Y2
+	VFMADD231PS  Y12, Y10, Y4
+	VFMADD231PS  Y12, Y11, Y6
+	VPMOVZXWD    16(R9), Y12
+	VPSLLD       $0x10, Y12, Y12
+	VFMADD231PS  Y12, Y8, Y1
+	VFMADD231PS  Y12, Y9, Y3
+	VFMADD231PS  Y12, Y10, Y5
+	VFMADD231PS  Y12, Y11, Y7
+	ADDQ         BX, R9
+	ADDQ         $0x10, DI
+	DECQ         R8
+	JNZ          tokens2
+	MOVQ         AX, DI
+	VMOVUPS      Y0, (DI)
+	VMOVUPS      Y1, 32(DI)
+	ADDQ         SI, DI
+	VMOVUPS      Y2, (DI)
+	VMOVUPS      Y3, 32(DI)
+	ADDQ         SI, DI
+	VMOVUPS      Y4, (DI)
+	VMOVUPS      Y5, 32(DI)
+	ADDQ         SI, DI
+	VMOVUPS      Y6, (DI)
+	VMOVUPS      Y7, 32(DI)
+	ADDQ         $0x00000040, AX
+	ADDQ         $0x00000020, CX
+	SUBQ         $0x10, DX
+	JMP          w2
+
+w1:
+	CMPQ    DX, $0x08
+	JL      accumulated
+	MOVQ    AX, DI
+	VMOVUPS (DI), Y0
+	ADDQ    SI, DI
+	VMOVUPS (DI), Y1
+	ADDQ    SI, DI
+	VMOVUPS (DI), Y2
+	ADDQ    SI, DI
+	VMOVUPS (DI), Y3
+	MOVQ    s+48(FP), DI
+	MOVQ    n+24(FP), R8
+	MOVQ    CX, R9
+
+tokens1:
+	VBROADCASTSS (DI), Y4
+	VBROADCASTSS 4(DI), Y5
+	VBROADCASTSS 8(DI), Y6
+	VBROADCASTSS 12(DI), Y7
+	VPMOVZXWD    (R9), Y8
+	VPSLLD       $0x10, Y8, Y8
+	VFMADD231PS  Y8, Y4, Y0
+	VFMADD231PS  Y8, Y5, Y1
+	VFMADD231PS  Y8, Y6, Y2
+	VFMADD231PS  Y8, Y7, Y3
+	ADDQ         BX, R9
+	ADDQ         $0x10, DI
+	DECQ         R8
+	JNZ          tokens1
+	MOVQ         AX, DI
+	VMOVUPS      Y0, (DI)
+	ADDQ         SI, DI
+	VMOVUPS      Y1, (DI)
+	ADDQ         SI, DI
+	VMOVUPS      Y2, (DI)
+	ADDQ         SI, DI
+	VMOVUPS      Y3, (DI)
+	ADDQ         $0x00000020, AX
+	ADDQ         $0x00000010, CX
+	SUBQ         $0x08, DX
+	JMP          w1
+
+accumulated:
 	VZEROUPPER
 	RET
 

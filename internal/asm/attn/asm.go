@@ -41,6 +41,7 @@ func main() {
 		}
 	}
 	expSum(consts)
+	decodePage(consts)
 	prefetch()
 	maxF32()
 	Generate()
@@ -346,43 +347,9 @@ func scoresPair(heads, rows int) {
 	// end of each slot with a negative index, and go vet reads a
 	// displacement at or past the frame size as an argument.
 	qbuf := AllocLocal(heads*slot + 64)
-
-	// Copy q, head h to the end of slot h, each 16 floats as the 8 even
-	// then the 8 odd ones.
-	{
-		q := Load(Param("q"), GP64())
-		d := Load(Param("d"), GP64())
-		dst := GP64()
-		cnt := GP64()
-		for h := range heads {
-			// dst = &qbuf[h*slot + slot - 4*d]
-			LEAQ(qbuf.Offset((h+1)*slot), dst)
-			MOVQ(d, cnt)
-			SHLQ(U8(2), cnt)
-			SUBQ(cnt, dst)
-			MOVQ(d, cnt)
-			SHRQ(U8(4), cnt)
-			lbl := fmt.Sprintf("perm%d", h)
-			Label(lbl)
-			a, b, e, o := YMM(), YMM(), YMM(), YMM()
-			VMOVUPS(Mem{Base: q}, a)
-			VMOVUPS(Mem{Base: q, Disp: 32}, b)
-			VSHUFPS(U8(0x88), b, a, e)
-			VSHUFPS(U8(0xdd), b, a, o)
-			VPERMPD(U8(0xd8), e, e)
-			VPERMPD(U8(0xd8), o, o)
-			VMOVUPS(e, Mem{Base: dst})
-			VMOVUPS(o, Mem{Base: dst, Disp: 32})
-			ADDQ(U8(64), q)
-			ADDQ(U8(64), dst)
-			DECQ(cnt)
-			JNZ(LabelRef(lbl))
-		}
-	}
+	pairQ(qbuf, heads, slot)
 
 	out := Load(Param("out"), GP64())
-	kcur := Load(Param("k"), GP64())
-	n := Load(Param("n"), GP64())
 	os := Load(Param("ostride"), GP64())
 	SHLQ(U8(2), os)
 	var os3 Register
@@ -391,6 +358,78 @@ func scoresPair(heads, rows int) {
 		LEAQ(Mem{Base: os, Index: os, Scale: 2}, os3)
 	}
 	mx := Load(Param("mx"), GP64())
+	pairRows(heads, rows, slot, qbuf, func(j int, s VecVirtual) {
+		for h := range heads {
+			m := headMem(out, os, os3, h, 4*j)
+			if h == 0 {
+				VMOVSS(s, m)
+			} else {
+				VEXTRACTPS(U8(h), s, m)
+			}
+		}
+		m := XMM()
+		switch heads {
+		case 4:
+			VMOVUPS(Mem{Base: mx}, m)
+			VMAXPS(s, m, m)
+			VMOVUPS(m, Mem{Base: mx})
+		case 2:
+			VMOVSD(Mem{Base: mx}, m)
+			VMAXPS(s, m, m)
+			VMOVSD(m, Mem{Base: mx})
+		case 1:
+			VMOVSS(Mem{Base: mx}, m)
+			VMAXSS(s, m, m)
+			VMOVSS(m, Mem{Base: mx})
+		}
+	}, func(r int) { ADDQ(U8(4*r), out) })
+	VZEROUPPER()
+	RET()
+}
+
+// pairQ copies q (Param "q", heads rows of Param "d" floats) to the end of
+// the slots of qbuf, each 16 floats as the 8 even then the 8 odd ones: the
+// order in which pairRows converts key rows.
+func pairQ(qbuf Mem, heads, slot int) {
+	q := Load(Param("q"), GP64())
+	d := Load(Param("d"), GP64())
+	dst := GP64()
+	cnt := GP64()
+	for h := range heads {
+		// dst = &qbuf[h*slot + slot - 4*d]
+		LEAQ(qbuf.Offset((h+1)*slot), dst)
+		MOVQ(d, cnt)
+		SHLQ(U8(2), cnt)
+		SUBQ(cnt, dst)
+		MOVQ(d, cnt)
+		SHRQ(U8(4), cnt)
+		lbl := fmt.Sprintf("perm%d", h)
+		Label(lbl)
+		a, b, e, o := YMM(), YMM(), YMM(), YMM()
+		VMOVUPS(Mem{Base: q}, a)
+		VMOVUPS(Mem{Base: q, Disp: 32}, b)
+		VSHUFPS(U8(0x88), b, a, e)
+		VSHUFPS(U8(0xdd), b, a, o)
+		VPERMPD(U8(0xd8), e, e)
+		VPERMPD(U8(0xd8), o, o)
+		VMOVUPS(e, Mem{Base: dst})
+		VMOVUPS(o, Mem{Base: dst, Disp: 32})
+		ADDQ(U8(64), q)
+		ADDQ(U8(64), dst)
+		DECQ(cnt)
+		JNZ(LabelRef(lbl))
+	}
+}
+
+// pairRows emits the key-row loops of the bf16 scores over Param "k" (Param
+// "n" rows of Param "d" bf16), with q in qbuf as pairQ left it: blocks of
+// rows key rows, then single rows. For row j of a block it calls emit with
+// an XMM whose lane h is scale (Param "scale") times the score of head h,
+// then advance(r) once the block of r rows is done. It prefetches as
+// scoresPair says, from Params "pfA" and "pfB".
+func pairRows(heads, rows, slot int, qbuf Mem, emit func(j int, s VecVirtual), advance func(r int)) {
+	kcur := Load(Param("k"), GP64())
+	n := Load(Param("n"), GP64())
 	pfA := Load(Param("pfA"), GP64())
 	pfB := Load(Param("pfB"), GP64())
 	rowBytes := Load(Param("d"), GP64())
@@ -459,32 +498,10 @@ func scoresPair(heads, rows int) {
 		for j := range acc {
 			s := hsum(acc[j])
 			VMULPS(scale, s, s)
-			for h := range heads {
-				m := headMem(out, os, os3, h, 4*j)
-				if h == 0 {
-					VMOVSS(s, m)
-				} else {
-					VEXTRACTPS(U8(h), s, m)
-				}
-			}
-			m := XMM()
-			switch heads {
-			case 4:
-				VMOVUPS(Mem{Base: mx}, m)
-				VMAXPS(s, m, m)
-				VMOVUPS(m, Mem{Base: mx})
-			case 2:
-				VMOVSD(Mem{Base: mx}, m)
-				VMAXPS(s, m, m)
-				VMOVSD(m, Mem{Base: mx})
-			case 1:
-				VMOVSS(Mem{Base: mx}, m)
-				VMAXSS(s, m, m)
-				VMOVSS(m, Mem{Base: mx})
-			}
+			emit(j, s)
 		}
 		MOVQ(kr[r-1], kcur)
-		ADDQ(U8(4*r), out)
+		advance(r)
 		SUBQ(U8(r), n)
 	}
 
@@ -495,13 +512,10 @@ func scoresPair(heads, rows int) {
 	JMP(LabelRef("rows"))
 	Label("row")
 	CMPQ(n, U8(0))
-	JE(LabelRef("done"))
+	JE(LabelRef("scored"))
 	block(1, "chunk")
 	JMP(LabelRef("row"))
-
-	Label("done")
-	VZEROUPPER()
-	RET()
+	Label("scored")
 }
 
 // pairMask is the memory operand of 8 dwords 0xffff0000: the high bf16 of
@@ -524,10 +538,6 @@ func accum(bf16 bool, heads int, widths []int) {
 	TEXT(name, NOSPLIT, fmt.Sprintf("func(acc, p *float32, v %s, n, d, pstride int)", vtype))
 	Doc(fmt.Sprintf("%s adds acc[h*d+c] += Σ_{t<n} p[h*pstride+t]*V(t,c)", name),
 		fmt.Sprintf("for h < %d, c < d; n > 0, d > 0 and d%%8 == 0.", heads))
-	esz := elemSize(bf16)
-	ac := Load(Param("acc"), GP64())
-	vc := Load(Param("v"), GP64())
-	d := Load(Param("d"), GP64())
 	ps := Load(Param("pstride"), GP64())
 	SHLQ(U8(2), ps)
 	var ps3 Register
@@ -535,6 +545,18 @@ func accum(bf16 bool, heads int, widths []int) {
 		ps3 = GP64()
 		LEAQ(Mem{Base: ps, Index: ps, Scale: 2}, ps3)
 	}
+	accumRows(bf16, heads, widths, "p", func(pp Register, h int) Mem { return headMem(pp, ps, ps3, h, 0) }, 4)
+	VZEROUPPER()
+	RET()
+}
+
+// accumRows emits the loops of accum over Params "acc", "v", "n", "d" and
+// the weights in Param pName: weight (t, h) at pAt(p+t*pStep, h).
+func accumRows(bf16 bool, heads int, widths []int, pName string, pAt func(pp Register, h int) Mem, pStep int) {
+	esz := elemSize(bf16)
+	ac := Load(Param("acc"), GP64())
+	vc := Load(Param("v"), GP64())
+	d := Load(Param("d"), GP64())
 	rowBytes := GP64()
 	MOVQ(d, rowBytes)
 	if esz == 2 {
@@ -549,7 +571,7 @@ func accum(bf16 bool, heads int, widths []int) {
 
 	for wi, w := range widths {
 		top := fmt.Sprintf("w%d", w)
-		next := "done"
+		next := "accumulated"
 		if wi+1 < len(widths) {
 			next = fmt.Sprintf("w%d", widths[wi+1])
 		}
@@ -571,7 +593,7 @@ func accum(bf16 bool, heads int, widths []int) {
 				VMOVUPS(Mem{Base: ah, Disp: 32 * j}, acc[h][j])
 			}
 		}
-		pp := Load(Param("p"), GP64())
+		pp := Load(Param(pName), GP64())
 		cnt := Load(Param("n"), GP64())
 		vp := GP64()
 		MOVQ(vc, vp)
@@ -580,7 +602,7 @@ func accum(bf16 bool, heads int, widths []int) {
 		pb := make([]VecVirtual, heads)
 		for h := range pb {
 			pb[h] = YMM()
-			VBROADCASTSS(headMem(pp, ps, ps3, h, 0), pb[h])
+			VBROADCASTSS(pAt(pp, h), pb[h])
 		}
 		for j := range w {
 			vv := loadRow(bf16, Mem{Base: vp, Disp: 8 * esz * j})
@@ -589,7 +611,7 @@ func accum(bf16 bool, heads int, widths []int) {
 			}
 		}
 		ADDQ(rowBytes, vp)
-		ADDQ(U8(4), pp)
+		ADDQ(U8(pStep), pp)
 		DECQ(cnt)
 		JNZ(LabelRef(loop))
 
@@ -607,7 +629,134 @@ func accum(bf16 bool, heads int, widths []int) {
 		SUBQ(U8(8*w), rem)
 		JMP(LabelRef(top))
 	}
-	Label("done")
+	Label("accumulated")
+}
+
+// decodePage generates decodePageBF16H4: one page of bf16 K/V folded into
+// the online softmax of 4 query heads of one decode token, in one call:
+// the scores (as scoresPair, prefetching pfA and pfB), the new running
+// max, the rescaling of l and acc by exp(m_old - m_new) when the max
+// moved, the weights exp(s - m_new) and their sums, and the weighted sum
+// of the value rows (as accum). The scores live in s as [n][4] floats, so
+// a row's four heads are one XMM store and the exponentials run 8 lanes
+// (two rows) at a time.
+func decodePage(c expConsts) {
+	TEXT("decodePageBF16H4", 0, "func(q *float32, k, v *byte, n, d int, scale float32, s, m, l, acc *float32, pfA, pfB *byte)")
+	Doc("decodePageBF16H4 folds the n keys and values of a bf16 page (rows of d) into",
+		"the running max m[h], denominator l[h] and weighted sum acc[h*d:(h+1)*d] of",
+		"query heads h < 4 (q[h*d:(h+1)*d], scores times scale), using s[:4*n] as",
+		fmt.Sprintf("scratch. n > 0, d > 0, d%%16 == 0, d <= %d; it prefetches n*2*d bytes at pfA and pfB.", pairMaxD))
+	const heads = 4
+	slot := 4 * pairMaxD
+	// The q copy (as scoresPair), then 16 bytes of running max and 16 of
+	// the correction factors.
+	frame := AllocLocal(heads*slot + 64 + 32)
+	qbuf := frame
+	mxAt := frame.Offset(heads*slot + 64)
+	corrAt := mxAt.Offset(16)
+	pairQ(qbuf, heads, slot)
+
+	// The running max starts at m, so that it ends as the new m.
+	mp := Load(Param("m"), GP64())
+	{
+		t := XMM()
+		VMOVUPS(Mem{Base: mp}, t)
+		VMOVUPS(t, mxAt)
+	}
+	sp := Load(Param("s"), GP64())
+	pairRows(heads, 3, slot, qbuf, func(j int, sv VecVirtual) {
+		VMOVUPS(sv, Mem{Base: sp, Disp: 16 * j})
+		t := XMM()
+		VMAXPS(mxAt, sv, t)
+		VMOVUPS(t, mxAt)
+	}, func(r int) { ADDQ(U8(16*r), sp) })
+
+	// corr = exp(m_old - m_new); m = m_new; l *= corr.
+	lo, log2e, one, bias := YMM(), YMM(), YMM(), YMM()
+	VMOVUPS(c.mem("min"), lo)
+	VMOVUPS(c.mem("log2e"), log2e)
+	VMOVUPS(c.mem("one"), one)
+	VMOVDQU(c.mem("bias"), bias)
+	mp = Load(Param("m"), GP64())
+	mnew := YMM()
+	VBROADCASTF128(mxAt, mnew) // [m_new | m_new]
+	// Whole-register writes only: a write to the XMM half of a virtual YMM
+	// would keep the YMM live from the function's entry.
+	x := YMM()
+	VBROADCASTF128(Mem{Base: mp}, x)
+	VMOVUPS(mnew.AsX(), Mem{Base: mp})
+	corr := expLanes(c, x, mnew, lo, log2e, one, bias)
+	lp := Load(Param("l"), GP64())
+	lv := XMM()
+	VMULPS(Mem{Base: lp}, corr.AsX(), lv)
+	// Rescale acc unless every factor is 1 (the max did not move), which
+	// is most pages once the context's largest scores have been seen.
+	eq := YMM()
+	VCMPPS(U8(0), one, corr, eq) // EQ_OQ
+	bits := GP32()
+	VMOVMSKPS(eq.AsX(), bits)
+	CMPL(bits, U8(15))
+	JE(LabelRef("weights"))
+	VMOVUPS(corr.AsX(), corrAt)
+	{
+		ap := Load(Param("acc"), GP64())
+		d := Load(Param("d"), GP64())
+		for h := range heads {
+			f := YMM()
+			VBROADCASTSS(corrAt.Offset(4*h), f)
+			cnt := GP64()
+			MOVQ(d, cnt)
+			SHRQ(U8(3), cnt)
+			lbl := fmt.Sprintf("rescale%d", h)
+			Label(lbl)
+			t := YMM()
+			VMULPS(Mem{Base: ap}, f, t)
+			VMOVUPS(t, Mem{Base: ap})
+			ADDQ(U8(32), ap)
+			DECQ(cnt)
+			JNZ(LabelRef(lbl))
+		}
+	}
+
+	// s = exp(s - m_new), two rows (8 lanes) at a time; l += their sums.
+	Label("weights")
+	{
+		sp := Load(Param("s"), GP64())
+		n := Load(Param("n"), GP64())
+		sum := YMM()
+		VXORPS(sum, sum, sum)
+		Label("pairs")
+		CMPQ(n, U8(2))
+		JL(LabelRef("last"))
+		x := YMM()
+		VMOVUPS(Mem{Base: sp}, x)
+		e := expLanes(c, x, mnew, lo, log2e, one, bias)
+		VMOVUPS(e, Mem{Base: sp})
+		VADDPS(e, sum, sum)
+		ADDQ(U8(32), sp)
+		SUBQ(U8(2), n)
+		JMP(LabelRef("pairs"))
+		Label("last")
+		CMPQ(n, U8(0))
+		JE(LabelRef("summed"))
+		xt := YMM()
+		VBROADCASTF128(Mem{Base: sp}, xt) // the last row twice
+		et := expLanes(c, xt, mnew, lo, log2e, one, bias)
+		VMOVUPS(et.AsX(), Mem{Base: sp})
+		et4 := YMM()
+		VXORPS(et4, et4, et4)
+		VBLENDPS(U8(0x0f), et, et4, et4) // the row once
+		VADDPS(et4, sum, sum)
+		Label("summed")
+		hi := XMM()
+		VEXTRACTF128(U8(1), sum, hi)
+		VADDPS(hi, sum.AsX(), hi)
+		VADDPS(hi, lv, lv)
+		lp := Load(Param("l"), GP64())
+		VMOVUPS(lv, Mem{Base: lp})
+	}
+
+	accumRows(true, heads, []int{2, 1}, "s", func(pp Register, h int) Mem { return Mem{Base: pp, Disp: 4 * h} }, 16)
 	VZEROUPPER()
 	RET()
 }

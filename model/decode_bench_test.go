@@ -1,0 +1,50 @@
+package model
+
+import (
+	"math/rand/v2"
+	"testing"
+)
+
+// BenchmarkDecodePageWarm times one decode token over the pages of one KV
+// head held in L2 (4 query heads of 128 over 8 bf16 pages of 64 tokens, one
+// worker): the kernel's compute rate with memory out of the way. Bytes are
+// the K and V bytes read.
+func BenchmarkDecodePageWarm(b *testing.B) {
+	cfg := Config{HiddenSize: 512, NumHeads: 4, NumKVHeads: 1, HeadDim: 128, NumLayers: 1,
+		RopeTheta: 5e6, MRopeSection: [3]int{24, 20, 20}, RMSNormEps: 1e-6}
+	const ctx, bt = 512, 64
+	r := rand.New(rand.NewPCG(3, 4))
+	kv := NewPagedKV(cfg, BF16, bt)
+	if err := kv.Grow(ctx); err != nil {
+		b.Fatal(err)
+	}
+	for p := range kv.K {
+		k, _ := randBF16(r, bt*cfg.HeadDim)
+		v, _ := randBF16(r, bt*cfg.HeadDim)
+		copy(kv.K[p], k)
+		copy(kv.V[p], v)
+	}
+	q := randF32(r, cfg.NumHeads*cfg.HeadDim)
+	out := make([]float32, len(q))
+	split := *vecKernels
+	split.decodePage = nil
+	for _, c := range []struct {
+		name  string
+		loops *kernels
+	}{{"fused", vecKernels}, {"split", &split}} {
+		kern, err := NewKernel(cfg, Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		kern.loops = c.loops
+		b.Run(c.name, func(b *testing.B) {
+			b.SetBytes(int64(2 * ctx * cfg.HeadDim * 2))
+			for b.Loop() {
+				if err := kern.Attend(Query{Q: q, KV: kv, Start: ctx - 1, Out: out}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(ctx/bt), "ns/page")
+		})
+	}
+}
