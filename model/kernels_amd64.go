@@ -341,6 +341,11 @@ func expSumAVX2(x *float32, n int, m float32) float32
 //go:noescape
 func decodePageBF16H4(q *float32, k *byte, v *byte, n int, d int, scale float32, s *float32, m *float32, l *float32, acc *float32, pfA *byte, pfB *byte)
 
+// fmaPeakAVX2 runs n iterations of 12 independent 8-lane FMAs.
+//
+//go:noescape
+func fmaPeakAVX2(n int)
+
 // prefetchT0 issues PREFETCHT0 for every 64-byte line of the n bytes at p.
 //
 //go:noescape

@@ -36,7 +36,7 @@ func main() {
 		for _, c := range []struct {
 			heads  int
 			widths []int
-		}{{4, []int{2, 1}}, {2, []int{4, 2, 1}}, {1, []int{8, 4, 2, 1}}} {
+		}{{4, []int{3, 2, 1}}, {2, []int{4, 2, 1}}, {1, []int{8, 4, 2, 1}}} {
 			accum(bf16, c.heads, c.widths)
 		}
 	}
@@ -44,6 +44,7 @@ func main() {
 	decodePage(consts)
 	prefetch()
 	maxF32()
+	fmaPeak()
 	Generate()
 }
 
@@ -84,6 +85,37 @@ func maxF32() {
 	JMP(LabelRef("scalar"))
 	Label("done")
 	VMOVSS(r, addr(ReturnIndex(0)))
+	VZEROUPPER()
+	RET()
+}
+
+// fmaPeak generates fmaPeakAVX2, 12 independent FMAs per iteration: the
+// core's multiply-add throughput, which the page kernels' benchmarks report
+// their rate against (the clock of a shared machine moves too much to
+// compare timings taken minutes apart).
+func fmaPeak() {
+	TEXT("fmaPeakAVX2", NOSPLIT, "func(n int)")
+	Doc("fmaPeakAVX2 runs n iterations of 12 independent 8-lane FMAs.")
+	n := Load(Param("n"), GP64())
+	a, b := YMM(), YMM()
+	VXORPS(a, a, a)
+	VXORPS(b, b, b)
+	acc := make([]VecVirtual, 12)
+	for i := range acc {
+		acc[i] = YMM()
+		VXORPS(acc[i], acc[i], acc[i])
+	}
+	Label("loop")
+	for i := range acc {
+		VFMADD231PS(a, b, acc[i])
+	}
+	DECQ(n)
+	JNZ(LabelRef("loop"))
+	// Keep the accumulators live to the end.
+	for i := 1; i < len(acc); i++ {
+		VADDPS(acc[i], acc[0], acc[0])
+	}
+	VADDPS(acc[0], a, a)
 	VZEROUPPER()
 	RET()
 }
@@ -346,8 +378,8 @@ func scoresPair(heads, rows int) {
 	// 64 bytes more than the copy: the loads below address it from the
 	// end of each slot with a negative index, and go vet reads a
 	// displacement at or past the frame size as an argument.
-	qbuf := AllocLocal(heads*slot + 64)
-	pairQ(qbuf, heads, slot)
+	qbuf := AllocLocal(heads*slot + 128)
+	qb := pairQ(qbuf, heads, slot, false)
 
 	out := Load(Param("out"), GP64())
 	os := Load(Param("ostride"), GP64())
@@ -358,7 +390,7 @@ func scoresPair(heads, rows int) {
 		LEAQ(Mem{Base: os, Index: os, Scale: 2}, os3)
 	}
 	mx := Load(Param("mx"), GP64())
-	pairRows(heads, rows, slot, qbuf, func(j int, s VecVirtual) {
+	pairRows(heads, rows, slot, qb, false, func(j int, s VecVirtual) {
 		for h := range heads {
 			m := headMem(out, os, os3, h, 4*j)
 			if h == 0 {
@@ -390,14 +422,24 @@ func scoresPair(heads, rows int) {
 // pairQ copies q (Param "q", heads rows of Param "d" floats) to the end of
 // the slots of qbuf, each 16 floats as the 8 even then the 8 odd ones: the
 // order in which pairRows converts key rows.
-func pairQ(qbuf Mem, heads, slot int) {
+func pairQ(qbuf Mem, heads, slot int, scaled bool) GPVirtual {
+	// The slots start on a 64-byte line (qbuf has 64 bytes to spare), so
+	// that no 32-byte load of q straddles two lines.
+	qb := GP64()
+	LEAQ(qbuf.Offset(63), qb)
+	ANDQ(I8(-64), qb)
 	q := Load(Param("q"), GP64())
 	d := Load(Param("d"), GP64())
 	dst := GP64()
 	cnt := GP64()
+	var sc VecVirtual
+	if scaled {
+		sc = YMM()
+		VBROADCASTSS(addr(Param("scale")), sc)
+	}
 	for h := range heads {
-		// dst = &qbuf[h*slot + slot - 4*d]
-		LEAQ(qbuf.Offset((h+1)*slot), dst)
+		// dst = &qb[h*slot + slot - 4*d]
+		LEAQ(Mem{Base: qb, Disp: (h + 1) * slot}, dst)
 		MOVQ(d, cnt)
 		SHLQ(U8(2), cnt)
 		SUBQ(cnt, dst)
@@ -412,6 +454,10 @@ func pairQ(qbuf Mem, heads, slot int) {
 		VSHUFPS(U8(0xdd), b, a, o)
 		VPERMPD(U8(0xd8), e, e)
 		VPERMPD(U8(0xd8), o, o)
+		if scaled {
+			VMULPS(sc, e, e)
+			VMULPS(sc, o, o)
+		}
 		VMOVUPS(e, Mem{Base: dst})
 		VMOVUPS(o, Mem{Base: dst, Disp: 32})
 		ADDQ(U8(64), q)
@@ -419,6 +465,7 @@ func pairQ(qbuf Mem, heads, slot int) {
 		DECQ(cnt)
 		JNZ(LabelRef(lbl))
 	}
+	return qb
 }
 
 // pairRows emits the key-row loops of the bf16 scores over Param "k" (Param
@@ -427,7 +474,7 @@ func pairQ(qbuf Mem, heads, slot int) {
 // an XMM whose lane h is scale (Param "scale") times the score of head h,
 // then advance(r) once the block of r rows is done. It prefetches as
 // scoresPair says, from Params "pfA" and "pfB".
-func pairRows(heads, rows, slot int, qbuf Mem, emit func(j int, s VecVirtual), advance func(r int)) {
+func pairRows(heads, rows, slot int, qb Register, prescaled bool, emit func(j int, s VecVirtual), advance func(r int)) {
 	kcur := Load(Param("k"), GP64())
 	n := Load(Param("n"), GP64())
 	pfA := Load(Param("pfA"), GP64())
@@ -473,7 +520,7 @@ func pairRows(heads, rows, slot int, qbuf Mem, emit func(j int, s VecVirtual), a
 				qv := YMM()
 				// q of head h, 16 channels at K byte offset i: 64 bytes
 				// per 32 of K, from the end of slot h.
-				VMOVUPS(Mem{Base: StackPointer, Disp: qbuf.Disp + (h+1)*slot + 32*half, Index: i, Scale: 2}, qv)
+				VMOVUPS(Mem{Base: qb, Disp: (h+1)*slot + 32*half, Index: i, Scale: 2}, qv)
 				for j := range kv {
 					VFMADD231PS(kv[j], qv, acc[j][h])
 				}
@@ -493,11 +540,16 @@ func pairRows(heads, rows, slot int, qbuf Mem, emit func(j int, s VecVirtual), a
 		ADDQ(U8(32), i)
 		JNZ(LabelRef(loop))
 
-		scale := XMM()
-		VBROADCASTSS(addr(Param("scale")), scale)
+		var scale VecVirtual
+		if !prescaled {
+			scale = XMM()
+			VBROADCASTSS(addr(Param("scale")), scale)
+		}
 		for j := range acc {
 			s := hsum(acc[j])
-			VMULPS(scale, s, s)
+			if !prescaled {
+				VMULPS(scale, s, s)
+			}
 			emit(j, s)
 		}
 		MOVQ(kr[r-1], kcur)
@@ -545,14 +597,14 @@ func accum(bf16 bool, heads int, widths []int) {
 		ps3 = GP64()
 		LEAQ(Mem{Base: ps, Index: ps, Scale: 2}, ps3)
 	}
-	accumRows(bf16, heads, widths, "p", func(pp Register, h int) Mem { return headMem(pp, ps, ps3, h, 0) }, 4)
+	accumRows(bf16, heads == 4, heads, widths, "p", func(pp Register, h int) Mem { return headMem(pp, ps, ps3, h, 0) }, 4)
 	VZEROUPPER()
 	RET()
 }
 
 // accumRows emits the loops of accum over Params "acc", "v", "n", "d" and
 // the weights in Param pName: weight (t, h) at pAt(p+t*pStep, h).
-func accumRows(bf16 bool, heads int, widths []int, pName string, pAt func(pp Register, h int) Mem, pStep int) {
+func accumRows(bf16, perHead bool, heads int, widths []int, pName string, pAt func(pp Register, h int) Mem, pStep int) {
 	esz := elemSize(bf16)
 	ac := Load(Param("acc"), GP64())
 	vc := Load(Param("v"), GP64())
@@ -576,7 +628,13 @@ func accumRows(bf16 bool, heads int, widths []int, pName string, pAt func(pp Reg
 			next = fmt.Sprintf("w%d", widths[wi+1])
 		}
 		Label(top)
-		CMPQ(rem, U8(8*w))
+		// A width runs while what it leaves can be taken by the next ones
+		// (widths 3, 2, 1: 128 channels as 4 blocks of 3 and 2 of 2).
+		least := 8 * w
+		if wi+1 < len(widths) && w == 3 {
+			least = 40
+		}
+		CMPQ(rem, U8(least))
 		JL(LabelRef(next))
 
 		// Load the accumulators: head h at ac + h*dq.
@@ -599,15 +657,32 @@ func accumRows(bf16 bool, heads int, widths []int, pName string, pAt func(pp Reg
 		MOVQ(vc, vp)
 		loop := fmt.Sprintf("tokens%d", w)
 		Label(loop)
-		pb := make([]VecVirtual, heads)
-		for h := range pb {
-			pb[h] = YMM()
-			VBROADCASTSS(pAt(pp, h), pb[h])
-		}
-		for j := range w {
-			vv := loadRow(bf16, Mem{Base: vp, Disp: 8 * esz * j})
+		if perHead {
+			// The row's w vectors first, then one broadcast weight at a
+			// time: 5w+1 registers, so 4 heads take w = 3 (12
+			// accumulators, which the FMA latency needs).
+			vv := make([]VecVirtual, w)
+			for j := range vv {
+				vv[j] = loadRow(bf16, Mem{Base: vp, Disp: 8 * esz * j})
+			}
 			for h := range heads {
-				VFMADD231PS(vv, pb[h], acc[h][j])
+				pb := YMM()
+				VBROADCASTSS(pAt(pp, h), pb)
+				for j := range w {
+					VFMADD231PS(vv[j], pb, acc[h][j])
+				}
+			}
+		} else {
+			pb := make([]VecVirtual, heads)
+			for h := range pb {
+				pb[h] = YMM()
+				VBROADCASTSS(pAt(pp, h), pb[h])
+			}
+			for j := range w {
+				vv := loadRow(bf16, Mem{Base: vp, Disp: 8 * esz * j})
+				for h := range heads {
+					VFMADD231PS(vv, pb[h], acc[h][j])
+				}
 			}
 		}
 		ADDQ(rowBytes, vp)
@@ -650,26 +725,47 @@ func decodePage(c expConsts) {
 	slot := 4 * pairMaxD
 	// The q copy (as scoresPair), then 16 bytes of running max and 16 of
 	// the correction factors.
-	frame := AllocLocal(heads*slot + 64 + 32)
+	frame := AllocLocal(heads*slot + 128 + 32)
 	qbuf := frame
-	mxAt := frame.Offset(heads*slot + 64)
+	mxAt := frame.Offset(heads*slot + 128)
 	corrAt := mxAt.Offset(16)
-	pairQ(qbuf, heads, slot)
+	qb := pairQ(qbuf, heads, slot, true)
 
-	// The running max starts at m, so that it ends as the new m.
+	// q is scaled as it is copied; a row's scores are one store, with no
+	// chain from row to row (a running max kept in memory made one, whose
+	// latency held up retirement at the end of each block of rows).
+	sp := Load(Param("s"), GP64())
+	pairRows(heads, 3, slot, qb, true, func(j int, sv VecVirtual) {
+		VMOVUPS(sv, Mem{Base: sp, Disp: 16 * j})
+	}, func(r int) { ADDQ(U8(16*r), sp) })
+
+	// The new max, from m and the scores, two rows at a time.
 	mp := Load(Param("m"), GP64())
 	{
-		t := XMM()
-		VMOVUPS(Mem{Base: mp}, t)
-		VMOVUPS(t, mxAt)
+		mx := YMM()
+		VBROADCASTF128(Mem{Base: mp}, mx)
+		sp := Load(Param("s"), GP64())
+		n := Load(Param("n"), GP64())
+		Label("maxpairs")
+		CMPQ(n, U8(2))
+		JL(LabelRef("maxlast"))
+		VMAXPS(Mem{Base: sp}, mx, mx)
+		ADDQ(U8(32), sp)
+		SUBQ(U8(2), n)
+		JMP(LabelRef("maxpairs"))
+		Label("maxlast")
+		CMPQ(n, U8(0))
+		JE(LabelRef("maxed"))
+		t := YMM()
+		VBROADCASTF128(Mem{Base: sp}, t)
+		VMAXPS(t, mx, mx)
+		Label("maxed")
+		hi := XMM()
+		VEXTRACTF128(U8(1), mx, hi)
+		r := XMM()
+		VMAXPS(hi, mx.AsX(), r)
+		VMOVUPS(r, mxAt)
 	}
-	sp := Load(Param("s"), GP64())
-	pairRows(heads, 3, slot, qbuf, func(j int, sv VecVirtual) {
-		VMOVUPS(sv, Mem{Base: sp, Disp: 16 * j})
-		t := XMM()
-		VMAXPS(mxAt, sv, t)
-		VMOVUPS(t, mxAt)
-	}, func(r int) { ADDQ(U8(16*r), sp) })
 
 	// corr = exp(m_old - m_new); m = m_new; l *= corr.
 	lo, log2e, one, bias := YMM(), YMM(), YMM(), YMM()
@@ -756,7 +852,7 @@ func decodePage(c expConsts) {
 		VMOVUPS(lv, Mem{Base: lp})
 	}
 
-	accumRows(true, heads, []int{2, 1}, "s", func(pp Register, h int) Mem { return Mem{Base: pp, Disp: 4 * h} }, 16)
+	accumRows(true, true, heads, []int{3, 2, 1}, "s", func(pp Register, h int) Mem { return Mem{Base: pp, Disp: 4 * h} }, 16)
 	VZEROUPPER()
 	RET()
 }
