@@ -390,7 +390,7 @@ func scoresPair(heads, rows int) {
 		LEAQ(Mem{Base: os, Index: os, Scale: 2}, os3)
 	}
 	mx := Load(Param("mx"), GP64())
-	pairRows(heads, rows, slot, qb, false, func(j int, s VecVirtual) {
+	pairRows(heads, rows, slot, qb, false, false, func(j int, s VecVirtual) {
 		for h := range heads {
 			m := headMem(out, os, os3, h, 4*j)
 			if h == 0 {
@@ -474,11 +474,14 @@ func pairQ(qbuf Mem, heads, slot int, scaled bool) GPVirtual {
 // an XMM whose lane h is scale (Param "scale") times the score of head h,
 // then advance(r) once the block of r rows is done. It prefetches as
 // scoresPair says, from Params "pfA" and "pfB".
-func pairRows(heads, rows, slot int, qb Register, prescaled bool, emit func(j int, s VecVirtual), advance func(r int)) {
+func pairRows(heads, rows, slot int, qb Register, prescaled, onlyA bool, emit func(j int, s VecVirtual), advance func(r int)) {
 	kcur := Load(Param("k"), GP64())
 	n := Load(Param("n"), GP64())
 	pfA := Load(Param("pfA"), GP64())
-	pfB := Load(Param("pfB"), GP64())
+	var pfB Register
+	if !onlyA {
+		pfB = Load(Param("pfB"), GP64())
+	}
 	rowBytes := Load(Param("d"), GP64())
 	SHLQ(U8(1), rowBytes)
 	mask := mkMask()
@@ -532,11 +535,15 @@ func pairRows(heads, rows, slot int, qb Register, prescaled bool, emit func(j in
 		for c := 0; c < r; c++ {
 			if c%2 == 0 || c == r-1 {
 				PREFETCHT0(Mem{Base: pfA, Disp: 32 * c})
-				PREFETCHT0(Mem{Base: pfB, Disp: 32 * c})
+				if pfB != nil {
+					PREFETCHT0(Mem{Base: pfB, Disp: 32 * c})
+				}
 			}
 		}
 		ADDQ(U8(32*r), pfA)
-		ADDQ(U8(32*r), pfB)
+		if pfB != nil {
+			ADDQ(U8(32*r), pfB)
+		}
 		ADDQ(U8(32), i)
 		JNZ(LabelRef(loop))
 
@@ -597,14 +604,16 @@ func accum(bf16 bool, heads int, widths []int) {
 		ps3 = GP64()
 		LEAQ(Mem{Base: ps, Index: ps, Scale: 2}, ps3)
 	}
-	accumRows(bf16, heads == 4, heads, widths, "p", func(pp Register, h int) Mem { return headMem(pp, ps, ps3, h, 0) }, 4)
+	accumRows(bf16, heads == 4, heads, widths, "p", func(pp Register, h int) Mem { return headMem(pp, ps, ps3, h, 0) }, 4, "")
 	VZEROUPPER()
 	RET()
 }
 
 // accumRows emits the loops of accum over Params "acc", "v", "n", "d" and
-// the weights in Param pName: weight (t, h) at pAt(p+t*pStep, h).
-func accumRows(bf16, perHead bool, heads int, widths []int, pName string, pAt func(pp Register, h int) Mem, pStep int) {
+// the weights in Param pName: weight (t, h) at pAt(p+t*pStep, h). With
+// pfName it also prefetches the memory at that Param, one line per token
+// of the widest blocks.
+func accumRows(bf16, perHead bool, heads int, widths []int, pName string, pAt func(pp Register, h int) Mem, pStep int, pfName string) {
 	esz := elemSize(bf16)
 	ac := Load(Param("acc"), GP64())
 	vc := Load(Param("v"), GP64())
@@ -620,6 +629,10 @@ func accumRows(bf16, perHead bool, heads int, widths []int, pName string, pAt fu
 	MOVQ(d, dq)
 	SHLQ(U8(2), dq)
 	rem := d // channels left
+	var pf Register
+	if pfName != "" {
+		pf = Load(Param(pfName), GP64())
+	}
 
 	for wi, w := range widths {
 		top := fmt.Sprintf("w%d", w)
@@ -685,6 +698,13 @@ func accumRows(bf16, perHead bool, heads int, widths []int, pName string, pAt fu
 				}
 			}
 		}
+		if pf != nil && wi == 0 {
+			// One line of pfName per token of the widest blocks: for d =
+			// 128, 4 blocks of n tokens read its 4n lines (n*2*d bytes),
+			// a steady stream while the page's values are summed.
+			PREFETCHT0(Mem{Base: pf})
+			ADDQ(U8(64), pf)
+		}
 		ADDQ(rowBytes, vp)
 		ADDQ(U8(pStep), pp)
 		DECQ(cnt)
@@ -735,7 +755,7 @@ func decodePage(c expConsts) {
 	// chain from row to row (a running max kept in memory made one, whose
 	// latency held up retirement at the end of each block of rows).
 	sp := Load(Param("s"), GP64())
-	pairRows(heads, 3, slot, qb, true, func(j int, sv VecVirtual) {
+	pairRows(heads, 3, slot, qb, true, true, func(j int, sv VecVirtual) {
 		VMOVUPS(sv, Mem{Base: sp, Disp: 16 * j})
 	}, func(r int) { ADDQ(U8(16*r), sp) })
 
@@ -852,7 +872,7 @@ func decodePage(c expConsts) {
 		VMOVUPS(lv, Mem{Base: lp})
 	}
 
-	accumRows(true, true, heads, []int{3, 2, 1}, "s", func(pp Register, h int) Mem { return Mem{Base: pp, Disp: 4 * h} }, 16)
+	accumRows(true, true, heads, []int{3, 2, 1}, "s", func(pp Register, h int) Mem { return Mem{Base: pp, Disp: 4 * h} }, 16, "pfB")
 	VZEROUPPER()
 	RET()
 }
