@@ -35,9 +35,11 @@
 // block-sparse for decode tokens (page key summaries, a Router, SelectPages:
 // the top_k pages with the sink and the recent ones). Its inner loops are
 // AVX2+FMA assembly generated with avo where the CPU has them
-// (kernels_amd64.s, from internal/asm/attn), pure Go elsewhere; a decode
-// token's pages can be split over goroutines and the partial softmax
-// results merged exactly. Any Attender (a GPU kernel, say) can stand in for
+// (kernels_amd64.s, from internal/asm/attn), pure Go elsewhere. A decode
+// token over bf16 pages folds each page into its online softmax in one
+// assembly call (scores, max, rescale, exponentials, value sums); its pages
+// can be split over goroutines and the partial softmax results merged
+// exactly. Any Attender (a GPU kernel, say) can stand in for
 // it through Attention.WithAttender.
 //
 // All arithmetic is float32 like the reference; KV pages may hold bf16, f16
