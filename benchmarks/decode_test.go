@@ -11,6 +11,7 @@ import (
 
 	"github.com/kvflow/kvflow/internal/membw"
 	"github.com/kvflow/kvflow/model"
+	"github.com/kvflow/kvflow/storage"
 )
 
 // decodeShape is Qwen3-VL-8B's text attention: 32 query heads over 8 KV
@@ -38,9 +39,21 @@ func decodeInput(b *testing.B, ctx, batch int) []model.Query {
 	row := make([]float32, d)
 	qs := make([]model.Query, batch)
 	for i := range qs {
+		// The pages come from an arena, as in the pipeline (the pool and
+		// the host tier), with its memory's backing (huge pages on Linux).
 		kv := model.NewPagedKV(cfg, model.BF16, decodeBlock)
-		if err := kv.Grow(ctx); err != nil {
+		pb := int64(kv.PageBytes())
+		arena, err := storage.NewArena(storage.ArenaOptions{Size: 2 * int64(kv.Pages(ctx)) * pb, MinBlock: 4096})
+		if err != nil {
 			b.Fatal(err)
+		}
+		for range kv.Pages(ctx) {
+			k, errK := arena.Alloc(pb)
+			v, errV := arena.Alloc(pb)
+			if errK != nil || errV != nil {
+				b.Fatal(errK, errV)
+			}
+			kv.K, kv.V = append(kv.K, k.Bytes), append(kv.V, v.Bytes)
 		}
 		for p := range kv.K {
 			for _, page := range [][]byte{kv.K[p], kv.V[p]} {

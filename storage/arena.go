@@ -1,6 +1,10 @@
 package storage
 
-import "unsafe"
+import (
+	"unsafe"
+
+	"github.com/kvflow/kvflow/internal/hugepage"
+)
 
 // arenaAlign is the alignment of an Arena's memory: a page, so that blocks
 // allocated with AllocateAligned(n, 4096) are page-aligned in memory, not
@@ -41,6 +45,11 @@ type Block struct {
 // the operating system commits physical memory page by page as blocks are
 // first written; only memory the heap reuses is cleared by make itself. The
 // caller bounds Size: it is reserved at once.
+//
+// On Linux the memory is advised to be backed by transparent huge pages
+// (internal/hugepage) before it is first written: attention streams whole
+// pages out of the arena, and decode read KV pages about 10% faster from
+// huge pages in benchmarks/README.md's comparison.
 func NewArena(o ArenaOptions) (*Arena, error) {
 	b, err := NewBuddy(BuddyOptions(o))
 	if err != nil {
@@ -48,7 +57,9 @@ func NewArena(o ArenaOptions) (*Arena, error) {
 	}
 	raw := make([]byte, b.size+arenaAlign-1)
 	pad := int64(-uintptr(unsafe.Pointer(unsafe.SliceData(raw))) & (arenaAlign - 1))
-	return &Arena{buddy: b, mem: raw[pad : pad+b.size : pad+b.size]}, nil
+	mem := raw[pad : pad+b.size : pad+b.size]
+	hugepage.Advise(mem)
+	return &Arena{buddy: b, mem: mem}, nil
 }
 
 // Alloc returns a block of n bytes. Its offset is a multiple of its size, so

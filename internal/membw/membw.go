@@ -8,6 +8,8 @@ import (
 	"runtime"
 	"sync"
 	"time"
+
+	"github.com/kvflow/kvflow/internal/hugepage"
 )
 
 //go:generate sh -c "cd ../asm && go run ./membw -out ../../internal/membw/membw_amd64.s"
@@ -62,6 +64,9 @@ func Bandwidth(size int, workers int, minDuration time.Duration) float64 {
 	size = max(size, 1)
 	workers = max(workers, 1)
 	buf := make([]byte, size)
+	// The backing the arenas that hold KV pages get, so that a kernel
+	// reading them is held against memory read the same way.
+	hugepage.Advise(buf)
 	for i := 0; i < len(buf); i += 4096 {
 		buf[i] = byte(i >> 12)
 	}
