@@ -26,6 +26,9 @@ func fmaPerNs() float64 {
 // worker): the kernel's compute rate with memory out of the way. Bytes are
 // the K and V bytes read.
 func BenchmarkDecodePageWarm(b *testing.B) {
+	if vecKernels == nil {
+		b.Skip("no AVX2+FMA on this CPU: no vector loops and no FMA peak to measure")
+	}
 	cfg := Config{HiddenSize: 512, NumHeads: 4, NumKVHeads: 1, HeadDim: 128, NumLayers: 1,
 		RopeTheta: 5e6, MRopeSection: [3]int{24, 20, 20}, RMSNormEps: 1e-6}
 	const ctx, bt = 512, 64

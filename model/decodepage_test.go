@@ -25,13 +25,15 @@ func TestDecodePageMatchesReference(t *testing.T) {
 		nh, d int
 		ns    []int
 		scale float32
+		fall  bool // later pages' keys weaker: the max stays (no rescale)
 	}{
-		{4, 128, []int{64, 64, 64}, 0.088},
-		{4, 128, []int{1, 7, 64, 3}, 0.35},
-		{8, 64, []int{5, 64, 2}, 0.5},
-		{4, 16, []int{9, 1}, 1},
-		{4, 256, []int{64, 33}, 0.0625},
-		{4, 48, []int{31, 32}, 2}, // d not a multiple of 24: widths 3, 2 and 1 all run
+		{4, 128, []int{64, 64, 64}, 0.088, false},
+		{4, 128, []int{64, 64, 64}, 0.088, true},
+		{4, 128, []int{1, 7, 64, 3}, 0.35, false},
+		{8, 64, []int{5, 64, 2}, 0.5, false},
+		{4, 16, []int{9, 1}, 1, true},
+		{4, 256, []int{64, 33}, 0.0625, false},
+		{4, 48, []int{31, 32}, 2, false}, // widths 3, 2 and 1 all run
 	} {
 		t.Run(fmt.Sprintf("nh%d_d%d_n%v", c.nh, c.d, c.ns), func(t *testing.T) {
 			q := randF32(r, c.nh*c.d)
@@ -45,14 +47,20 @@ func TestDecodePageMatchesReference(t *testing.T) {
 			for i, n := range c.ns {
 				kb, kf := randBF16(r, n*c.d)
 				vb, vf := randBF16(r, n*c.d)
-				// Later pages get stronger keys so that the max moves.
+				// Later pages get stronger keys so that the max moves, or
+				// much weaker ones so that it stays.
+				f := float32(i + 1)
+				if c.fall {
+					f = 1 / float32(4*i+1)
+				}
 				for j := range kf {
-					h := tensor.BF16FromF32(kf[j] * float32(i+1))
+					h := tensor.BF16FromF32(kf[j] * f)
 					binary.LittleEndian.PutUint16(kb[2*j:], h)
 					kf[j] = tensor.F32FromBF16(h)
 				}
 				s := make([]float32, 4*n)
-				if !ks.decodePage(q, kb, vb, c.nh, n, c.d, c.scale, s, m, l, acc, nil, nil) {
+				// Prefetch hints over real memory of the right size.
+				if !ks.decodePage(q, kb, vb, c.nh, n, c.d, c.scale, s, m, l, acc, vb, kb) {
 					t.Fatalf("decodePage refused nh=%d n=%d d=%d", c.nh, n, c.d)
 				}
 				for t := range n {
@@ -63,10 +71,17 @@ func TestDecodePageMatchesReference(t *testing.T) {
 			got := make([]float32, len(acc))
 			want := make([]float32, len(acc))
 			for h := range c.nh {
-				ref := refAttention(q[h*c.d:(h+1)*c.d], keys, vals, float64(c.scale))
+				ref, mx, den := refAttention(q[h*c.d:(h+1)*c.d], keys, vals, float64(c.scale))
 				for j := range c.d {
 					got[h*c.d+j] = acc[h*c.d+j] / l[h]
 					want[h*c.d+j] = float32(ref[j])
+				}
+				// m and l on their own: the merge of split decode uses them.
+				if d := math.Abs(float64(m[h]) - mx); d > 1e-5*max(1, math.Abs(mx)) {
+					t.Errorf("head %d: m = %v, want %v", h, m[h], mx)
+				}
+				if d := math.Abs(float64(l[h]) - den); d > 1e-5*den {
+					t.Errorf("head %d: l = %v, want %v", h, l[h], den)
 				}
 			}
 			if e := relErr(got, want); e > 1e-5 {
@@ -83,24 +98,90 @@ func TestDecodePageRefuses(t *testing.T) {
 	if ks == nil || ks.decodePage == nil {
 		t.Skip("no vector loops on this CPU")
 	}
-	for _, c := range []struct{ nh, n, d int }{{2, 4, 128}, {4, 4, 24}, {4, 4, 512}, {4, 0, 128}, {0, 4, 128}} {
-		m, l := []float32{1, 2, 3, 4}, []float32{5, 6, 7, 8}
-		acc := make([]float32, 4*max(c.d, 1))
-		acc[0] = 9
-		buf := make([]byte, 2*max(c.n, 1)*max(c.d, 1))
-		if ks.decodePage(make([]float32, 4*max(c.d, 1)), buf, buf, c.nh, c.n, c.d, 1, make([]float32, 64), m, l, acc, nil, nil) {
+	for _, c := range []struct{ nh, n, d int }{{2, 4, 128}, {6, 4, 128}, {4, 4, 24}, {4, 4, 8}, {4, 4, 512}, {4, 0, 128}, {0, 4, 128}} {
+		nh, d := max(c.nh, 1), max(c.d, 1)
+		m, l := make([]float32, nh), make([]float32, nh)
+		acc := make([]float32, nh*d)
+		for i := range acc {
+			acc[i] = float32(i)
+		}
+		for i := range m {
+			m[i], l[i] = float32(i), float32(i+nh)
+		}
+		buf := make([]byte, 2*max(c.n, 1)*d)
+		if ks.decodePage(make([]float32, nh*d), buf, buf, c.nh, c.n, c.d, 1, make([]float32, 4*max(c.n, 1)), m, l, acc, nil, nil) {
 			t.Errorf("decodePage took nh=%d n=%d d=%d", c.nh, c.n, c.d)
 		}
-		if m[0] != 1 || l[3] != 8 || acc[0] != 9 {
-			t.Errorf("nh=%d n=%d d=%d: refused but wrote m=%v l=%v acc[0]=%v", c.nh, c.n, c.d, m, l, acc[0])
+		for i := range m {
+			if m[i] != float32(i) || l[i] != float32(i+nh) {
+				t.Errorf("nh=%d n=%d d=%d: refused but wrote m=%v l=%v", c.nh, c.n, c.d, m, l)
+				break
+			}
+		}
+		for i, v := range acc {
+			if v != float32(i) {
+				t.Errorf("nh=%d n=%d d=%d: refused but wrote acc[%d] = %v", c.nh, c.n, c.d, i, v)
+				break
+			}
 		}
 	}
 }
 
-// refAttention is softmax(scale·q·kᵀ)·v in float64.
-func refAttention(q []float32, keys, vals [][]float32, scale float64) []float64 {
+// TestDecodePagePassesOverNaN checks that a NaN score (a NaN key) gets
+// weight 0, as in the separate loops, instead of becoming the running max
+// and wiping out the pages before it: a NaN key in the last row of the
+// first page (the row the max is taken from last).
+func TestDecodePagePassesOverNaN(t *testing.T) {
+	ks := vecKernels
+	if ks == nil || ks.decodePage == nil {
+		t.Skip("no vector loops on this CPU")
+	}
+	r := kernelRand(t)
+	const nh, d, n = 4, 64, 7
+	q := randF32(r, nh*d)
+	m := []float32{float32(math.Inf(-1)), float32(math.Inf(-1)), float32(math.Inf(-1)), float32(math.Inf(-1))}
+	l := make([]float32, nh)
+	acc := make([]float32, nh*d)
+	var keys, vals [][]float32
+	for page := range 2 {
+		kb, kf := randBF16(r, n*d)
+		vb, vf := randBF16(r, n*d)
+		if page == 0 {
+			binary.LittleEndian.PutUint16(kb[2*(n-1)*d:], 0x7fc0) // a bf16 NaN
+		}
+		if !ks.decodePage(q, kb, vb, nh, n, d, 0.125, make([]float32, 4*n), m, l, acc, nil, nil) {
+			t.Fatal("decodePage refused")
+		}
+		for t := range n {
+			if page == 0 && t == n-1 {
+				continue // the NaN row: weight 0
+			}
+			keys = append(keys, kf[t*d:(t+1)*d])
+			vals = append(vals, vf[t*d:(t+1)*d])
+		}
+	}
+	got := make([]float32, nh*d)
+	want := make([]float32, nh*d)
+	for h := range nh {
+		if math.IsNaN(float64(m[h])) {
+			t.Fatalf("m[%d] is NaN", h)
+		}
+		ref, _, _ := refAttention(q[h*d:(h+1)*d], keys, vals, 0.125)
+		for j := range d {
+			got[h*d+j] = acc[h*d+j] / l[h]
+			want[h*d+j] = float32(ref[j])
+		}
+	}
+	if e := relErr(got, want); e > 1e-5 {
+		t.Errorf("relative error %.3g against attention without the NaN row, want <= 1e-5", e)
+	}
+}
+
+// refAttention is softmax(scale·q·kᵀ)·v in float64, with the largest score
+// and the softmax denominator relative to it.
+func refAttention(q []float32, keys, vals [][]float32, scale float64) (out []float64, mx, den float64) {
 	s := make([]float64, len(keys))
-	mx := math.Inf(-1)
+	mx = math.Inf(-1)
 	for t, k := range keys {
 		var dot float64
 		for j := range q {
@@ -109,8 +190,7 @@ func refAttention(q []float32, keys, vals [][]float32, scale float64) []float64 
 		s[t] = dot * scale
 		mx = max(mx, s[t])
 	}
-	out := make([]float64, len(q))
-	var den float64
+	out = make([]float64, len(q))
 	for t, v := range vals {
 		w := math.Exp(s[t] - mx)
 		den += w
@@ -121,5 +201,5 @@ func refAttention(q []float32, keys, vals [][]float32, scale float64) []float64 
 	for j := range out {
 		out[j] /= den
 	}
-	return out
+	return out, mx, den
 }

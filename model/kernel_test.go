@@ -215,22 +215,28 @@ func TestKernelVectorMatchesGo(t *testing.T) {
 		{"8B/decode", 32, 8, 128, BF16, 64, 1000, 1},
 		{"8B/prefill", 32, 8, 128, BF16, 64, 50, 77},
 		{"8B/f32/decode", 32, 8, 128, F32, 64, 301, 1},
+		// Long decodes, split over workers and merged: the one-call page
+		// routine for groups of 4 and 8, with a partial last page.
+		{"8B/decode/long", 32, 8, 128, BF16, 64, 4000, 1},
+		{"GQA8/decode/long", 32, 4, 64, BF16, 64, 2500, 1},
 	} {
-		t.Run(c.name, func(t *testing.T) {
-			q, cfg := kernelInput(t, c, rng)
-			vec, _ := NewKernel(cfg, Options{})
-			ref, _ := NewKernel(cfg, Options{Scalar: true})
-			if err := vec.Attend(q); err != nil {
-				t.Fatal(err)
-			}
-			got := slices.Clone(q.Out)
-			if err := ref.Attend(q); err != nil {
-				t.Fatal(err)
-			}
-			if e := relErr32(got, q.Out); e > 1e-5 {
-				t.Errorf("vector vs Go: relative error %.3g, want <= 1e-5", e)
-			}
-		})
+		for _, workers := range []int{1, 3} {
+			t.Run(fmt.Sprintf("%s/workers%d", c.name, workers), func(t *testing.T) {
+				q, cfg := kernelInput(t, c, rng)
+				vec, _ := NewKernel(cfg, Options{Workers: workers})
+				ref, _ := NewKernel(cfg, Options{Scalar: true})
+				if err := vec.Attend(q); err != nil {
+					t.Fatal(err)
+				}
+				got := slices.Clone(q.Out)
+				if err := ref.Attend(q); err != nil {
+					t.Fatal(err)
+				}
+				if e := relErr32(got, q.Out); e > 1e-5 {
+					t.Errorf("vector vs Go: relative error %.3g, want <= 1e-5", e)
+				}
+			})
+		}
 	}
 }
 

@@ -51,10 +51,13 @@ type kernels struct {
 	// s_h(t) = scale * Σ_c q[h*d+c]*K(t,c) for t < n, it sets
 	// M = max(m[h], max_t s_h(t)), then l[h] = l[h]*e^(m[h]-M) + Σ_t e^(s_h(t)-M),
 	// acc[h*d+c] = acc[h*d+c]*e^(m[h]-M) + Σ_t e^(s_h(t)-M)*V(t,c), m[h] = M,
-	// using s[:nh*n] as scratch; pfA and pfB are prefetched as in
-	// scoresBF16. It reports false, touching nothing, for shapes it does not
-	// take (then the caller runs the separate loops); nil where no set of
-	// such loops exists.
+	// using s[:4*n] as scratch. A NaN score is passed over (weight 0), as in
+	// the separate loops. It asks for the first n*2*d bytes of pfA (in
+	// decode, this page's values) to be brought into the caches while it
+	// scores and those of pfB (the next page's keys) while it sums, a line
+	// at a time; a hint, as in scoresBF16. It reports false, touching nothing, for shapes it does
+	// not take (then the caller runs the separate loops); nil where no set
+	// of such loops exists.
 	decodePage func(q []float32, k, v []byte, nh, n, d int, scale float32, s, m, l, acc []float32, pfA, pfB []byte) bool
 	// prefetch asks for b to be brought into the caches ahead of use; a
 	// hint, a no-op where there is no instruction for it.

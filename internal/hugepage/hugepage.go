@@ -5,6 +5,13 @@
 // that is a TLB miss every 64 cache lines. Go's heap does not ask for huge
 // pages itself (it leaves the system's default, often "madvise"), so
 // kvflow asks for the memory of its arenas.
+//
+// The advice belongs to the address range, not to the Go object: memory
+// is committed 2 MiB at a time where it is first touched, the first touch
+// may wait for the kernel to compact memory (the "defrag" setting), and if
+// the object is collected the heap reuses the range with the advice still
+// on. That suits kvflow's arenas, which are few, large, filled and kept for
+// a process's life; it is not meant for short-lived buffers.
 package hugepage
 
 // Size is the huge page size the advice is aligned to: 2 MiB, the

@@ -98,6 +98,8 @@ func fmaPeak() {
 	Doc("fmaPeakAVX2 runs n iterations of 12 independent 8-lane FMAs.")
 	n := Load(Param("n"), GP64())
 	a, b := YMM(), YMM()
+	CMPQ(n, U8(0))
+	JLE(LabelRef("none"))
 	VXORPS(a, a, a)
 	VXORPS(b, b, b)
 	acc := make([]VecVirtual, 12)
@@ -116,6 +118,7 @@ func fmaPeak() {
 		VADDPS(acc[i], acc[0], acc[0])
 	}
 	VADDPS(acc[0], a, a)
+	Label("none")
 	VZEROUPPER()
 	RET()
 }
@@ -375,9 +378,10 @@ func scoresPair(heads, rows int) {
 		fmt.Sprintf("and mx[h] = max(mx[h], out[h*ostride+t]) for h < %d, t < n; n > 0,", heads),
 		fmt.Sprintf("d > 0, d%%16 == 0 and d <= %d. It also prefetches n*2*d bytes at pfA and pfB.", pairMaxD))
 	slot := 4 * pairMaxD
-	// 64 bytes more than the copy: the loads below address it from the
-	// end of each slot with a negative index, and go vet reads a
-	// displacement at or past the frame size as an argument.
+	// 128 bytes more than the copy: 64 to start it on a cache line, and 64
+	// because the loads below address it from the end of each slot with a
+	// negative index, and go vet reads a displacement at or past the frame
+	// size as an argument.
 	qbuf := AllocLocal(heads*slot + 128)
 	qb := pairQ(qbuf, heads, slot, false)
 
@@ -611,8 +615,8 @@ func accum(bf16 bool, heads int, widths []int) {
 
 // accumRows emits the loops of accum over Params "acc", "v", "n", "d" and
 // the weights in Param pName: weight (t, h) at pAt(p+t*pStep, h). With
-// pfName it also prefetches the memory at that Param, one line per token
-// of the widest blocks.
+// pfName it also prefetches the n rows (Param "n" times the row size) at
+// that Param, one line per token until all are asked for.
 func accumRows(bf16, perHead bool, heads int, widths []int, pName string, pAt func(pp Register, h int) Mem, pStep int, pfName string) {
 	esz := elemSize(bf16)
 	ac := Load(Param("acc"), GP64())
@@ -629,9 +633,13 @@ func accumRows(bf16, perHead bool, heads int, widths []int, pName string, pAt fu
 	MOVQ(d, dq)
 	SHLQ(U8(2), dq)
 	rem := d // channels left
-	var pf Register
+	var pf, pfEnd Register
 	if pfName != "" {
 		pf = Load(Param(pfName), GP64())
+		pfEnd = GP64()
+		n := Load(Param("n"), GP64())
+		IMULQ(rowBytes, n)
+		LEAQ(Mem{Base: pf, Index: n, Scale: 1}, pfEnd)
 	}
 
 	for wi, w := range widths {
@@ -698,12 +706,16 @@ func accumRows(bf16, perHead bool, heads int, widths []int, pName string, pAt fu
 				}
 			}
 		}
-		if pf != nil && wi == 0 {
-			// One line of pfName per token of the widest blocks: for d =
-			// 128, 4 blocks of n tokens read its 4n lines (n*2*d bytes),
+		if pf != nil {
+			// One line of pfName per token until its n*2*d bytes are
+			// asked for: for d = 128, over the first 4 of the 6 blocks,
 			// a steady stream while the page's values are summed.
+			skip := fmt.Sprintf("prefetched%d", w)
+			CMPQ(pf, pfEnd)
+			JAE(LabelRef(skip))
 			PREFETCHT0(Mem{Base: pf})
 			ADDQ(U8(64), pf)
+			Label(skip)
 		}
 		ADDQ(rowBytes, vp)
 		ADDQ(U8(pStep), pp)
@@ -769,7 +781,12 @@ func decodePage(c expConsts) {
 		Label("maxpairs")
 		CMPQ(n, U8(2))
 		JL(LabelRef("maxlast"))
-		VMAXPS(Mem{Base: sp}, mx, mx)
+		// MAXPS returns its second source when either is NaN: with the
+		// scores first, a NaN score is passed over (its weight is then 0,
+		// as in the Go loops) instead of becoming the max.
+		t2 := YMM()
+		VMOVUPS(Mem{Base: sp}, t2)
+		VMAXPS(mx, t2, mx)
 		ADDQ(U8(32), sp)
 		SUBQ(U8(2), n)
 		JMP(LabelRef("maxpairs"))
@@ -778,7 +795,7 @@ func decodePage(c expConsts) {
 		JE(LabelRef("maxed"))
 		t := YMM()
 		VBROADCASTF128(Mem{Base: sp}, t)
-		VMAXPS(t, mx, mx)
+		VMAXPS(mx, t, mx)
 		Label("maxed")
 		hi := XMM()
 		VEXTRACTF128(U8(1), mx, hi)
