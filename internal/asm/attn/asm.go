@@ -284,26 +284,7 @@ func scores(bf16 bool, heads, rows int) {
 	qscale := uint8(4 / esz)
 
 	block := func(r int, loop string) {
-		kr := make([]GPVirtual, r)
-		for j := range kr {
-			kr[j] = GP64()
-			if j == 0 {
-				LEAQ(Mem{Base: kcur, Index: rowBytes, Scale: 1}, kr[j])
-			} else {
-				LEAQ(Mem{Base: kr[j-1], Index: rowBytes, Scale: 1}, kr[j])
-			}
-		}
-		acc := make([][]VecVirtual, r)
-		for j := range acc {
-			acc[j] = make([]VecVirtual, heads)
-			for h := range acc[j] {
-				acc[j][h] = YMM()
-				VXORPS(acc[j][h], acc[j][h], acc[j][h])
-			}
-		}
-		i := GP64()
-		MOVQ(rowBytes, i)
-		NEGQ(i)
+		kr, acc, i := rowBlock(kcur, rowBytes, r, heads)
 		Label(loop)
 		kv := make([]VecVirtual, r)
 		for j := range kv {
@@ -352,6 +333,34 @@ func scores(bf16 bool, heads, rows int) {
 	Label("done")
 	VZEROUPPER()
 	RET()
+}
+
+// rowBlock starts a block of r key rows of the scores: kr[j] points past the
+// end of row j (rows of rowBytes from kcur), acc[j][h] is a zeroed
+// accumulator per row and head, and i = -rowBytes is the offset that counts
+// up to 0 along the rows.
+func rowBlock(kcur, rowBytes Register, r, heads int) (kr []GPVirtual, acc [][]VecVirtual, i GPVirtual) {
+	kr = make([]GPVirtual, r)
+	for j := range kr {
+		kr[j] = GP64()
+		if j == 0 {
+			LEAQ(Mem{Base: kcur, Index: rowBytes, Scale: 1}, kr[j])
+		} else {
+			LEAQ(Mem{Base: kr[j-1], Index: rowBytes, Scale: 1}, kr[j])
+		}
+	}
+	acc = make([][]VecVirtual, r)
+	for j := range acc {
+		acc[j] = make([]VecVirtual, heads)
+		for h := range acc[j] {
+			acc[j][h] = YMM()
+			VXORPS(acc[j][h], acc[j][h], acc[j][h])
+		}
+	}
+	i = GP64()
+	MOVQ(rowBytes, i)
+	NEGQ(i)
+	return kr, acc, i
 }
 
 // pairMaxD is the largest d scoresPair takes: its permuted copy of q
@@ -491,26 +500,7 @@ func pairRows(heads, rows, slot int, qb Register, prescaled, onlyA bool, emit fu
 	mask := mkMask()
 
 	block := func(r int, loop string) {
-		kr := make([]GPVirtual, r)
-		for j := range kr {
-			kr[j] = GP64()
-			if j == 0 {
-				LEAQ(Mem{Base: kcur, Index: rowBytes, Scale: 1}, kr[j])
-			} else {
-				LEAQ(Mem{Base: kr[j-1], Index: rowBytes, Scale: 1}, kr[j])
-			}
-		}
-		acc := make([][]VecVirtual, r)
-		for j := range acc {
-			acc[j] = make([]VecVirtual, heads)
-			for h := range acc[j] {
-				acc[j][h] = YMM()
-				VXORPS(acc[j][h], acc[j][h], acc[j][h])
-			}
-		}
-		i := GP64()
-		MOVQ(rowBytes, i)
-		NEGQ(i)
+		kr, acc, i := rowBlock(kcur, rowBytes, r, heads)
 		Label(loop)
 		for half := range 2 {
 			kv := make([]VecVirtual, r)
