@@ -598,16 +598,14 @@ func accum(bf16 bool, heads int, widths []int) {
 		ps3 = GP64()
 		LEAQ(Mem{Base: ps, Index: ps, Scale: 2}, ps3)
 	}
-	accumRows(bf16, heads == 4, heads, widths, "p", func(pp Register, h int) Mem { return headMem(pp, ps, ps3, h, 0) }, 4, "")
+	accumRows(bf16, heads == 4, heads, widths, func(pp Register, h int) Mem { return headMem(pp, ps, ps3, h, 0) })
 	VZEROUPPER()
 	RET()
 }
 
 // accumRows emits the loops of accum over Params "acc", "v", "n", "d" and
-// the weights in Param pName: weight (t, h) at pAt(p+t*pStep, h). With
-// pfName it also prefetches the n rows (Param "n" times the row size) at
-// that Param, one line per token until all are asked for.
-func accumRows(bf16, perHead bool, heads int, widths []int, pName string, pAt func(pp Register, h int) Mem, pStep int, pfName string) {
+// the weights in Param "p": weight (t, h) at pAt(p+4*t, h).
+func accumRows(bf16, perHead bool, heads int, widths []int, pAt func(pp Register, h int) Mem) {
 	esz := elemSize(bf16)
 	ac := Load(Param("acc"), GP64())
 	vc := Load(Param("v"), GP64())
@@ -623,14 +621,6 @@ func accumRows(bf16, perHead bool, heads int, widths []int, pName string, pAt fu
 	MOVQ(d, dq)
 	SHLQ(U8(2), dq)
 	rem := d // channels left
-	var pf, pfEnd Register
-	if pfName != "" {
-		pf = Load(Param(pfName), GP64())
-		pfEnd = GP64()
-		n := Load(Param("n"), GP64())
-		IMULQ(rowBytes, n)
-		LEAQ(Mem{Base: pf, Index: n, Scale: 1}, pfEnd)
-	}
 
 	for wi, w := range widths {
 		top := fmt.Sprintf("w%d", w)
@@ -662,7 +652,7 @@ func accumRows(bf16, perHead bool, heads int, widths []int, pName string, pAt fu
 				VMOVUPS(Mem{Base: ah, Disp: 32 * j}, acc[h][j])
 			}
 		}
-		pp := Load(Param(pName), GP64())
+		pp := Load(Param("p"), GP64())
 		cnt := Load(Param("n"), GP64())
 		vp := GP64()
 		MOVQ(vc, vp)
@@ -696,19 +686,8 @@ func accumRows(bf16, perHead bool, heads int, widths []int, pName string, pAt fu
 				}
 			}
 		}
-		if pf != nil {
-			// One line of pfName per token until its n*2*d bytes are
-			// asked for: for d = 128, over the first 4 of the 6 blocks,
-			// a steady stream while the page's values are summed.
-			skip := fmt.Sprintf("prefetched%d", w)
-			CMPQ(pf, pfEnd)
-			JAE(LabelRef(skip))
-			PREFETCHT0(Mem{Base: pf})
-			ADDQ(U8(64), pf)
-			Label(skip)
-		}
 		ADDQ(rowBytes, vp)
-		ADDQ(U8(pStep), pp)
+		ADDQ(U8(4), pp)
 		DECQ(cnt)
 		JNZ(LabelRef(loop))
 
@@ -734,7 +713,7 @@ func accumRows(bf16, perHead bool, heads int, widths []int, pName string, pAt fu
 // the scores (as scoresPair, prefetching pfA and pfB), the new running
 // max, the rescaling of l and acc by exp(m_old - m_new) when the max
 // moved, the weights exp(s - m_new) and their sums, and the weighted sum
-// of the value rows (as accum). The scores live in s as [n][4] floats, so
+// of the value rows (accumPairs, prefetching pfB). The scores live in s as [n][4] floats, so
 // a row's four heads are one XMM store and the exponentials run 8 lanes
 // (two rows) at a time.
 func decodePage(c expConsts) {
@@ -879,9 +858,128 @@ func decodePage(c expConsts) {
 		VMOVUPS(lv, Mem{Base: lp})
 	}
 
-	accumRows(true, true, heads, []int{3, 2, 1}, "s", func(pp Register, h int) Mem { return Mem{Base: pp, Disp: 4 * h} }, 16, "pfB")
+	accumPairs()
 	VZEROUPPER()
 	RET()
+}
+
+// accumPairs emits the value sums of decodePage: acc[h*d+c] += Σ_t
+// s[4t+h]*V(t,c) for h < 4, c < d (Params "acc", "s", "v", "n", "d"; d a
+// multiple of 16), 16 channels of all 4 heads at a time. Each 32 bytes of
+// a value row are converted as in pairRows (a shift for the even channels,
+// a mask for the odd ones): one shift and one AND per 16 channels, against
+// two zero-extending loads and two shifts, which share the FMA units'
+// ports. The 8 accumulators hold the channels in that even/odd order; they
+// are put back in channel order as they are stored, so acc in memory stays
+// in channel order. It prefetches the n*2*d bytes at Param "pfB" a line
+// per two tokens: for d = 128 spread over all 8 blocks (a line per token,
+// over the first half, asks for them faster than memory delivers them
+// and stalls the loop: 5-8% slower from memory).
+func accumPairs() {
+	const heads = 4
+	ac := Load(Param("acc"), GP64())
+	vc := Load(Param("v"), GP64())
+	d := Load(Param("d"), GP64())
+	rowBytes := GP64()
+	MOVQ(d, rowBytes)
+	SHLQ(U8(1), rowBytes)
+	dq := GP64()
+	MOVQ(d, dq)
+	SHLQ(U8(2), dq)
+	blocks := GP64()
+	MOVQ(d, blocks)
+	SHRQ(U8(4), blocks)
+	pf := Load(Param("pfB"), GP64())
+	pfEnd := GP64()
+	{
+		n := Load(Param("n"), GP64())
+		IMULQ(rowBytes, n)
+		LEAQ(Mem{Base: pf, Index: n, Scale: 1}, pfEnd)
+	}
+	mask := YMM()
+	VMOVDQU(pairMask, mask)
+
+	Label("vblock")
+	// Load 16 channels of each head as even and odd lanes (pairQ's
+	// shuffle): head h at ac + h*dq.
+	ev, od := make([]VecVirtual, heads), make([]VecVirtual, heads)
+	ah := GP64()
+	MOVQ(ac, ah)
+	for h := range heads {
+		if h > 0 {
+			ADDQ(dq, ah)
+		}
+		a, b := YMM(), YMM()
+		VMOVUPS(Mem{Base: ah}, a)
+		VMOVUPS(Mem{Base: ah, Disp: 32}, b)
+		ev[h], od[h] = YMM(), YMM()
+		VSHUFPS(U8(0x88), b, a, ev[h])
+		VSHUFPS(U8(0xdd), b, a, od[h])
+		VPERMPD(U8(0xd8), ev[h], ev[h])
+		VPERMPD(U8(0xd8), od[h], od[h])
+	}
+	pp := Load(Param("s"), GP64())
+	cnt := Load(Param("n"), GP64())
+	vp := GP64()
+	MOVQ(vc, vp)
+	token := func(disp int) {
+		e, o := YMM(), YMM()
+		row := Mem{Base: vp}
+		if disp == 1 {
+			row = Mem{Base: vp, Index: rowBytes, Scale: 1}
+		}
+		VMOVDQU(row, o)
+		VPSLLD(U8(16), o, e)
+		VPAND(mask, o, o)
+		for h := range heads {
+			pb := YMM()
+			VBROADCASTSS(Mem{Base: pp, Disp: 16*disp + 4*h}, pb)
+			VFMADD231PS(e, pb, ev[h])
+			VFMADD231PS(o, pb, od[h])
+		}
+	}
+	Label("vtokens")
+	CMPQ(cnt, U8(2))
+	JL(LabelRef("vlast"))
+	token(0)
+	token(1)
+	// One line of pfB per two tokens until its n*2*d bytes are asked for.
+	CMPQ(pf, pfEnd)
+	JAE(LabelRef("vprefetched"))
+	PREFETCHT0(Mem{Base: pf})
+	ADDQ(U8(64), pf)
+	Label("vprefetched")
+	LEAQ(Mem{Base: vp, Index: rowBytes, Scale: 2}, vp)
+	ADDQ(U8(32), pp)
+	SUBQ(U8(2), cnt)
+	JMP(LabelRef("vtokens"))
+	Label("vlast")
+	CMPQ(cnt, U8(0))
+	JE(LabelRef("vsummed"))
+	token(0)
+	Label("vsummed")
+
+	// Back to channel order: unpacking interleaves 4 channels per 128-bit
+	// lane ([0-3 | 8-11] and [4-7 | 12-15]); the lane swaps finish it.
+	MOVQ(ac, ah)
+	for h := range heads {
+		if h > 0 {
+			ADDQ(dq, ah)
+		}
+		lo, hi := YMM(), YMM()
+		VUNPCKLPS(od[h], ev[h], lo)
+		VUNPCKHPS(od[h], ev[h], hi)
+		x := YMM()
+		VPERM2F128(U8(0x20), hi, lo, x)
+		VMOVUPS(x, Mem{Base: ah})
+		y := YMM()
+		VPERM2F128(U8(0x31), hi, lo, y)
+		VMOVUPS(y, Mem{Base: ah, Disp: 32})
+	}
+	ADDQ(U8(64), ac)
+	ADDQ(U8(32), vc)
+	DECQ(blocks)
+	JNZ(LabelRef("vblock"))
 }
 
 // Constants of the vector exp, each replicated 8 times (32 bytes) so that
