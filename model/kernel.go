@@ -166,23 +166,39 @@ func (k *Kernel) Loops() string { return k.loops.name }
 
 // kscratch is one worker's buffers.
 type kscratch struct {
-	q      []float32 // the item's query rows, [rows][d]
-	acc    []float32 // [rows][d]
-	m, l   []float32 // running max and denominator per row
+	q      []float32 // the item's query rows, [heads][rows][d]
+	acc    []float32 // [heads][rows][d]
+	m, l   []float32 // running max and denominator, [heads][rows]
 	pm     []float32 // each row's max over the current page's scores
 	s      []float32 // scores then weights, [rows][BlockTokens]
 	kp, vp []float32 // decoded page rows when the page is not viewable in place
 	route  []float32 // router scores, [pages]
+	seq    []visit   // the item's (head, page) pairs in order
 }
 
 // item is a unit of work: the rows of new tokens [t0, t1) of query q that
-// belong to KV head g, over a set of pages: pages[p0:p1] of the plan's
-// lists when list >= 0, else pages [p0, p1). It writes its rows to Out, or
-// to partial slot part (>= 0) when its (q, g) is split among items.
+// belong to KV heads [g, g+heads), over a set of pages for each head (see
+// span). It writes its rows to Out, or, when its (q, g) is split among
+// items, to partial slots part (>= 0) for head g, part+pstride for head
+// g+1, and so on. Decode items take every KV head of a query; prefill
+// items one.
 type item struct {
-	q, g, t0, t1 int
-	list, p0, p1 int
-	part         int
+	q, g, t0, t1  int
+	heads         int
+	list          int // the first head's page list in the plan's lists, or -1: every page
+	p0, p1        int // the pages (chunks == 0)
+	chunk, chunks int // else: chunk of chunks equal parts of each head's pages
+	part, pstride int
+}
+
+// visit is one (head, page) of an item, in the order it reads them.
+type visit struct{ hi, pg int }
+
+// rowState is the online softmax of the rows of one KV head of an item.
+type rowState struct {
+	q    []float32 // the query rows, [rows][d]
+	acc  []float32 // [rows][d]
+	m, l []float32 // running max and denominator per row
 }
 
 // split is a (q, g) whose pages were divided among items: their partial
@@ -349,10 +365,11 @@ func (p *plan) build() {
 			decodeHeads += k.kvHeads
 		}
 	}
-	// Chunks per decode (q, g): about four items per worker overall.
+	// Chunks per decode query: about four items per worker overall.
 	chunks := 1
 	if workers > 1 && decodeHeads > 0 {
-		chunks = max(1, (4*workers+decodeHeads-1)/decodeHeads)
+		qs := decodeHeads / k.kvHeads
+		chunks = max(1, (4*workers+qs-1)/qs)
 	}
 	tile := max(1, prefillRows/k.group)
 	context, read := 0, 0
@@ -362,33 +379,46 @@ func (p *plan) build() {
 		if n == 0 {
 			continue
 		}
-		for g := range k.kvHeads {
-			if n > 1 {
+		if n > 1 {
+			for g := range k.kvHeads {
 				for t0 := 0; t0 < n; t0 += tile {
 					t1 := min(n, t0+tile)
 					last := qq.KV.Pages(qq.Start + t1)
-					p.items = append(p.items, item{q: qi, g: g, t0: t0, t1: t1, list: -1, p1: last, part: -1})
+					p.items = append(p.items, item{q: qi, g: g, t0: t0, t1: t1, heads: 1, list: -1, p1: last, part: -1})
 				}
-				continue
 			}
-			list, total := -1, qq.KV.Pages(qq.Start+1)
-			context += total
-			if p.decodeSparse(qi) {
-				list = qi*k.kvHeads + g
-				total = len(p.lists[list])
-			}
-			read += total
-			c := min(chunks, total, max(1, total/minChunkPages))
-			if c <= 1 {
-				p.items = append(p.items, item{q: qi, g: g, t1: 1, list: list, p1: total, part: -1})
-				continue
-			}
-			p.splits = append(p.splits, split{q: qi, g: g, first: slots, n: c})
-			for j := range c {
-				p.items = append(p.items, item{q: qi, g: g, t1: 1, list: list, p0: j * total / c, p1: (j + 1) * total / c, part: slots})
-				slots++
-			}
+			continue
 		}
+		// Decode: each item takes every KV head over one chunk of its
+		// pages (see runItem). Block-sparse cuts each head's list the
+		// way dense cuts the pages, so that a list of every page is
+		// read exactly as dense reads it.
+		list, total := -1, qq.KV.Pages(qq.Start+1)
+		most := total
+		if p.decodeSparse(qi) {
+			list, most = qi*k.kvHeads, 0
+		}
+		for g := range k.kvHeads {
+			context += total
+			if list < 0 {
+				read += total
+				continue
+			}
+			read += len(p.lists[list+g])
+			most = max(most, len(p.lists[list+g]))
+		}
+		c := min(chunks, most, max(1, most/minChunkPages))
+		if c <= 1 {
+			p.items = append(p.items, item{q: qi, t1: 1, heads: k.kvHeads, list: list, chunks: 1, part: -1})
+			continue
+		}
+		for g := range k.kvHeads {
+			p.splits = append(p.splits, split{q: qi, g: g, first: slots + g*c, n: c})
+		}
+		for j := range c {
+			p.items = append(p.items, item{q: qi, t1: 1, heads: k.kvHeads, list: list, chunk: j, chunks: c, part: slots + j, pstride: c})
+		}
+		slots += k.kvHeads * c
 	}
 	if decodeHeads > 0 {
 		k.decodeTokens.Add(int64(decodeHeads / k.kvHeads))
@@ -468,81 +498,124 @@ func (p *plan) count() int {
 	return len(p.items)
 }
 
-// runItem computes one item: the online softmax of its rows over its pages.
+// runItem computes one item: the online softmax of its rows over its
+// pages, for each of its KV heads. An item of several heads goes page by
+// page, the page's heads in turn: the heads of a page lie next to each
+// other, so its keys and values are read as two sequential streams, which
+// the hardware prefetchers follow; one head's 16 KiB runs, a page apart,
+// they do not (about 10% slower from memory).
 func (p *plan) runItem(it *item, s *kscratch) {
 	k := p.k
 	qq := &p.qs[it.q]
 	kv := qq.KV
 	d, group, bt := k.dim, k.group, kv.BlockTokens
-	rows := (it.t1 - it.t0) * group
-	s.q = resize(s.q, rows*d)
-	for i := it.t0; i < it.t1; i++ {
-		src := (i*k.heads + it.g*group) * d
-		copy(s.q[(i-it.t0)*group*d:], qq.Q[src:src+group*d])
+	heads := it.heads
+	rows := (it.t1 - it.t0) * group // per head
+	s.q = resize(s.q, heads*rows*d)
+	for hi := range heads {
+		for i := it.t0; i < it.t1; i++ {
+			src := (i*k.heads + (it.g+hi)*group) * d
+			copy(s.q[(hi*rows+(i-it.t0)*group)*d:], qq.Q[src:src+group*d])
+		}
 	}
-	s.acc = resize(s.acc, rows*d)
+	s.acc = resize(s.acc, heads*rows*d)
 	clear(s.acc)
-	s.m = resize(s.m, rows)
-	s.pm = resize(s.pm, rows)
-	s.l = resize(s.l, rows)
+	s.m = resize(s.m, heads*rows)
+	s.l = resize(s.l, heads*rows)
 	clear(s.l)
 	for r := range s.m {
 		s.m[r] = float32(math.Inf(-1))
 	}
+	s.pm = resize(s.pm, rows)
 	s.s = resize(s.s, rows*bt)
+	state := func(hi int) rowState {
+		return rowState{
+			q:   s.q[hi*rows*d : (hi+1)*rows*d],
+			acc: s.acc[hi*rows*d : (hi+1)*rows*d],
+			m:   s.m[hi*rows : (hi+1)*rows],
+			l:   s.l[hi*rows : (hi+1)*rows],
+		}
+	}
 	last := qq.Start + it.t1 - 1 // the last cache token any row sees
 	headBytes := bt * d * kv.DType.Size()
-	pageAt := func(j int) int {
-		if it.list >= 0 {
-			return p.lists[it.list][j]
-		}
-		return j
-	}
-	for j := it.p0; j < it.p1; j++ {
-		pg := pageAt(j)
-		first := pg * bt
-		if first > last {
-			break
-		}
-		// Pages of one KV head are scattered: the next one's keys are
-		// asked for while this one is computed.
-		var next []byte
-		if j+1 < it.p1 {
-			if nx := pageAt(j + 1); nx*bt <= last {
-				off := it.g * headBytes
-				next = kv.K[nx][off : off+headBytes]
+	s.seq = s.seq[:0]
+	for j := 0; ; j++ {
+		more := false
+		for hi := range heads {
+			p0, p1 := p.span(it, hi)
+			if p0+j >= p1 {
+				continue
+			}
+			more = true
+			pg := p0 + j
+			if it.list >= 0 {
+				pg = p.lists[it.list+hi][pg]
+			}
+			if pg*bt <= last {
+				s.seq = append(s.seq, visit{hi, pg})
 			}
 		}
-		p.page(it, s, kv, pg, min(bt, last+1-first), rows, next)
+		if !more {
+			break
+		}
 	}
-	if it.part >= 0 {
-		copy(p.pm[it.part*group:], s.m[:group])
-		copy(p.pl[it.part*group:], s.l[:group])
-		copy(p.pacc[it.part*group*d:], s.acc[:group*d])
-		return
+	for i, v := range s.seq {
+		// The next keys this item reads are asked for while this page
+		// is computed.
+		var next []byte
+		if i+1 < len(s.seq) {
+			nv := s.seq[i+1]
+			off := (it.g + nv.hi) * headBytes
+			next = kv.K[nv.pg][off : off+headBytes]
+		}
+		p.page(it, s, state(v.hi), it.g+v.hi, kv, v.pg, min(bt, last+1-v.pg*bt), rows, next)
 	}
-	for r := range rows {
-		i, h := it.t0+r/group, it.g*group+r%group
-		out := qq.Out[(i*k.heads+h)*d:][:d]
-		inv := 1 / s.l[r]
-		for c, v := range s.acc[r*d : (r+1)*d] {
-			out[c] = v * inv
+	for hi := range heads {
+		st := state(hi)
+		if it.part >= 0 {
+			slot := it.part + hi*it.pstride
+			copy(p.pm[slot*group:], st.m[:group])
+			copy(p.pl[slot*group:], st.l[:group])
+			copy(p.pacc[slot*group*d:], st.acc[:group*d])
+			continue
+		}
+		for r := range rows {
+			i, h := it.t0+r/group, (it.g+hi)*group+r%group
+			out := qq.Out[(i*k.heads+h)*d:][:d]
+			inv := 1 / st.l[r]
+			for c, v := range st.acc[r*d : (r+1)*d] {
+				out[c] = v * inv
+			}
 		}
 	}
 }
 
-// page folds count keys and values of page pg, KV head it.g, into the
-// item's rows. Row r (token it.t0 + r/group) sees the page's first
+// span returns the range of head hi's pages (or of its page list) that
+// item it reads.
+func (p *plan) span(it *item, hi int) (p0, p1 int) {
+	if it.chunks == 0 {
+		return it.p0, it.p1
+	}
+	qq := &p.qs[it.q]
+	total := qq.KV.Pages(qq.Start + 1)
+	if it.list >= 0 {
+		total = len(p.lists[it.list+hi])
+	}
+	return it.chunk * total / it.chunks, (it.chunk + 1) * total / it.chunks
+}
+
+// page folds count keys and values of page pg, KV head g, into the rows
+// of st. Row r (token it.t0 + r/group) sees the page's first
 // Start+token+1-first keys.
-func (p *plan) page(it *item, s *kscratch, kv *PagedKV, pg, count, rows int, next []byte) {
+func (p *plan) page(it *item, s *kscratch, st rowState, g int, kv *PagedKV, pg, count, rows int, next []byte) {
 	k := p.k
 	qq := &p.qs[it.q]
 	d, group, bt, size := k.dim, k.group, kv.BlockTokens, kv.DType.Size()
-	off := it.g * bt * d * size
+	off := g * bt * d * size
 	kb := kv.K[pg][off : off+count*d*size]
 	vb := kv.V[pg][off : off+count*d*size]
 	if it.t1-it.t0 == 1 && kv.DType == BF16 && k.loops.decodePage != nil &&
-		k.loops.decodePage(s.q, kb, vb, rows, count, d, k.scale, s.s, s.m, s.l, s.acc, vb, next) {
+		k.loops.decodePage(st.q, kb, vb, rows, count, d, k.scale, s.s, st.m, st.l, st.acc, vb, next) {
 		return // a decode token sees every key of the page
 	}
 	var vf []float32
@@ -555,13 +628,13 @@ func (p *plan) page(it *item, s *kscratch, kv *PagedKV, pg, count, rows int, nex
 		// in the background (a whole page asked for at once stalls the
 		// core).
 		mx = s.pm[:rows]
-		k.loops.scoresBF16(s.s, s.q, kb, rows, count, d, bt, k.scale, mx, vb, next)
+		k.loops.scoresBF16(s.s, st.q, kb, rows, count, d, bt, k.scale, mx, vb, next)
 	default:
 		s.kp = resize(s.kp, count*d)
 		s.vp = resize(s.vp, count*d)
 		kf := pageRows(kv.DType, kb, s.kp)
 		vf = pageRows(kv.DType, vb, s.vp)
-		k.loops.scoresF32(s.s, s.q, kf, rows, count, d, bt, k.scale)
+		k.loops.scoresF32(s.s, st.q, kf, rows, count, d, bt, k.scale)
 	}
 	first := pg * bt
 	for r := range rows {
@@ -578,21 +651,21 @@ func (p *plan) page(it *item, s *kscratch, kv *PagedKV, pg, count, rows int, nex
 		} else {
 			pm = k.loops.maxF32(sc)
 		}
-		if m := s.m[r]; pm > m {
-			if s.l[r] != 0 {
+		if m := st.m[r]; pm > m {
+			if st.l[r] != 0 {
 				corr := float32(math.Exp(float64(m - pm)))
-				s.l[r] *= corr
-				scale(corr, s.acc[r*d:(r+1)*d])
+				st.l[r] *= corr
+				scale(corr, st.acc[r*d:(r+1)*d])
 			}
-			s.m[r] = pm
+			st.m[r] = pm
 		}
-		s.l[r] += k.loops.expSum(sc, s.m[r])
+		st.l[r] += k.loops.expSum(sc, st.m[r])
 		clear(row[vis:])
 	}
 	if kv.DType == BF16 {
-		k.loops.accumBF16(s.acc, s.s, vb, rows, count, d, bt)
+		k.loops.accumBF16(st.acc, s.s, vb, rows, count, d, bt)
 	} else {
-		k.loops.accumF32(s.acc, s.s, vf, rows, count, d, bt)
+		k.loops.accumF32(st.acc, s.s, vf, rows, count, d, bt)
 	}
 }
 
