@@ -10,8 +10,9 @@ import (
 )
 
 // TestDecodePageMatchesReference folds a few pages of random bf16 K/V into
-// the online softmax with the vector set's one-call decodePage and checks
-// the result against float64 attention over all of them: odd and even page
+// the online softmax with the vector set's one-call decodePage (q prepared
+// by decodeQ, acc put back in channel order at the end) and checks the
+// result against float64 attention over all of them: odd and even page
 // lengths (the routine takes rows two at a time), one row, 8 heads (two
 // blocks of 4), d from 16 to 256, and scales large enough that the max
 // moves from page to page (the rescale of l and acc).
@@ -37,6 +38,10 @@ func TestDecodePageMatchesReference(t *testing.T) {
 	} {
 		t.Run(fmt.Sprintf("nh%d_d%d_n%v", c.nh, c.d, c.ns), func(t *testing.T) {
 			q := randF32(r, c.nh*c.d)
+			qp := make([]float32, decodeQLen(c.nh))
+			if !ks.decodeQ(qp, q, c.nh, c.d, c.scale) {
+				t.Fatalf("decodeQ refused nh=%d d=%d", c.nh, c.d)
+			}
 			m := make([]float32, c.nh)
 			for h := range m {
 				m[h] = float32(math.Inf(-1))
@@ -60,14 +65,13 @@ func TestDecodePageMatchesReference(t *testing.T) {
 				}
 				s := make([]float32, 4*n)
 				// Prefetch hints over real memory of the right size.
-				if !ks.decodePage(q, kb, vb, c.nh, n, c.d, c.scale, s, m, l, acc, vb, kb) {
-					t.Fatalf("decodePage refused nh=%d n=%d d=%d", c.nh, n, c.d)
-				}
+				ks.decodePage(qp, kb, vb, c.nh, n, c.d, s, m, l, acc, vb, kb)
 				for t := range n {
 					keys = append(keys, kf[t*c.d:(t+1)*c.d])
 					vals = append(vals, vf[t*c.d:(t+1)*c.d])
 				}
 			}
+			fromPairOrder(acc)
 			got := make([]float32, len(acc))
 			want := make([]float32, len(acc))
 			for h := range c.nh {
@@ -91,38 +95,65 @@ func TestDecodePageMatchesReference(t *testing.T) {
 	}
 }
 
-// TestDecodePageRefuses checks that decodePage reports false, touching
-// nothing, for the shapes it does not take.
-func TestDecodePageRefuses(t *testing.T) {
+// TestDecodeQRefuses checks that decodeQ reports false, writing nothing,
+// for the shapes the page routine does not take, and that decodePage
+// panics on them (and on an empty page) instead of reading out of bounds.
+func TestDecodeQRefuses(t *testing.T) {
 	ks := vecKernels
-	if ks == nil || ks.decodePage == nil {
+	if ks == nil || ks.decodeQ == nil {
 		t.Skip("no vector loops on this CPU")
 	}
-	for _, c := range []struct{ nh, n, d int }{{2, 4, 128}, {6, 4, 128}, {4, 4, 24}, {4, 4, 8}, {4, 4, 512}, {4, 0, 128}, {0, 4, 128}} {
+	for _, c := range []struct{ nh, n, d int }{{2, 4, 128}, {6, 4, 128}, {4, 4, 24}, {4, 4, 8}, {4, 4, 512}, {0, 4, 128}, {4, 0, 128}} {
 		nh, d := max(c.nh, 1), max(c.d, 1)
-		m, l := make([]float32, nh), make([]float32, nh)
-		acc := make([]float32, nh*d)
-		for i := range acc {
-			acc[i] = float32(i)
+		qp := make([]float32, decodeQLen(nh))
+		for i := range qp {
+			qp[i] = float32(i)
 		}
-		for i := range m {
-			m[i], l[i] = float32(i), float32(i+nh)
+		took := ks.decodeQ(qp, make([]float32, nh*d), c.nh, c.d, 1)
+		if took != (c.n == 0) {
+			t.Errorf("decodeQ(nh=%d, d=%d) = %v", c.nh, c.d, took)
 		}
-		buf := make([]byte, 2*max(c.n, 1)*d)
-		if ks.decodePage(make([]float32, nh*d), buf, buf, c.nh, c.n, c.d, 1, make([]float32, 4*max(c.n, 1)), m, l, acc, nil, nil) {
-			t.Errorf("decodePage took nh=%d n=%d d=%d", c.nh, c.n, c.d)
-		}
-		for i := range m {
-			if m[i] != float32(i) || l[i] != float32(i+nh) {
-				t.Errorf("nh=%d n=%d d=%d: refused but wrote m=%v l=%v", c.nh, c.n, c.d, m, l)
-				break
+		if !took {
+			for i, v := range qp {
+				if v != float32(i) {
+					t.Errorf("nh=%d d=%d: refused but wrote qp[%d] = %v", c.nh, c.d, i, v)
+					break
+				}
 			}
 		}
-		for i, v := range acc {
-			if v != float32(i) {
-				t.Errorf("nh=%d n=%d d=%d: refused but wrote acc[%d] = %v", c.nh, c.n, c.d, i, v)
-				break
+		func() {
+			defer func() {
+				if recover() == nil {
+					t.Errorf("decodePage(nh=%d, n=%d, d=%d) did not panic", c.nh, c.n, c.d)
+				}
+			}()
+			buf := make([]byte, 2*max(c.n, 1)*d)
+			ks.decodePage(qp, buf, buf, c.nh, c.n, c.d, make([]float32, 4*max(c.n, 1)), make([]float32, nh), make([]float32, nh), make([]float32, nh*d), nil, nil)
+		}()
+	}
+}
+
+// TestPairOrder checks that fromPairOrder undoes toPairOrder (scale 1) and
+// that pair order is each 16 channels' even ones, then their odd ones.
+func TestPairOrder(t *testing.T) {
+	x := make([]float32, 48)
+	for i := range x {
+		x[i] = float32(i)
+	}
+	p := make([]float32, len(x))
+	toPairOrder(p, x, 2)
+	for c := 0; c < len(x); c += 16 {
+		for j := range 8 {
+			if p[c+j] != 2*x[c+2*j] || p[c+8+j] != 2*x[c+2*j+1] {
+				t.Fatalf("toPairOrder: chunk at %d is %v", c, p[c:c+16])
 			}
+		}
+	}
+	toPairOrder(p, x, 1)
+	fromPairOrder(p)
+	for i := range x {
+		if p[i] != x[i] {
+			t.Fatalf("fromPairOrder(toPairOrder(x)) = %v, want %v", p, x)
 		}
 	}
 }
@@ -139,6 +170,10 @@ func TestDecodePagePassesOverNaN(t *testing.T) {
 	r := kernelRand(t)
 	const nh, d, n = 4, 64, 7
 	q := randF32(r, nh*d)
+	qp := make([]float32, decodeQLen(nh))
+	if !ks.decodeQ(qp, q, nh, d, 0.125) {
+		t.Fatal("decodeQ refused")
+	}
 	m := []float32{float32(math.Inf(-1)), float32(math.Inf(-1)), float32(math.Inf(-1)), float32(math.Inf(-1))}
 	l := make([]float32, nh)
 	acc := make([]float32, nh*d)
@@ -149,9 +184,7 @@ func TestDecodePagePassesOverNaN(t *testing.T) {
 		if page == 0 {
 			binary.LittleEndian.PutUint16(kb[2*(n-1)*d:], 0x7fc0) // a bf16 NaN
 		}
-		if !ks.decodePage(q, kb, vb, nh, n, d, 0.125, make([]float32, 4*n), m, l, acc, nil, nil) {
-			t.Fatal("decodePage refused")
-		}
+		ks.decodePage(qp, kb, vb, nh, n, d, make([]float32, 4*n), m, l, acc, nil, nil)
 		for t := range n {
 			if page == 0 && t == n-1 {
 				continue // the NaN row: weight 0
@@ -160,6 +193,7 @@ func TestDecodePagePassesOverNaN(t *testing.T) {
 			vals = append(vals, vf[t*d:(t+1)*d])
 		}
 	}
+	fromPairOrder(acc)
 	got := make([]float32, nh*d)
 	want := make([]float32, nh*d)
 	for h := range nh {

@@ -167,6 +167,7 @@ func (k *Kernel) Loops() string { return k.loops.name }
 // kscratch is one worker's buffers.
 type kscratch struct {
 	q      []float32 // the item's query rows, [heads][rows][d]
+	qp     []float32 // q prepared for loops.decodePage, [heads][decodeQLen(rows)]
 	acc    []float32 // [heads][rows][d]
 	m, l   []float32 // running max and denominator, [heads][rows]
 	pm     []float32 // each row's max over the current page's scores
@@ -197,7 +198,8 @@ type visit struct{ hi, pg int }
 // rowState is the online softmax of the rows of one KV head of an item.
 type rowState struct {
 	q    []float32 // the query rows, [rows][d]
-	acc  []float32 // [rows][d]
+	qp   []float32 // q as loops.decodeQ prepared it, or nil: the separate loops
+	acc  []float32 // [rows][d]; in pair order when qp is not nil
 	m, l []float32 // running max and denominator per row
 }
 
@@ -528,13 +530,30 @@ func (p *plan) runItem(it *item, s *kscratch) {
 	}
 	s.pm = resize(s.pm, rows)
 	s.s = resize(s.s, rows*bt)
+	// A decode token over bf16 pages goes through the one-call page
+	// routine where it takes the shape: q prepared once for all pages.
+	ql := 0
+	if it.t1-it.t0 == 1 && kv.DType == BF16 && k.loops.decodeQ != nil {
+		ql = decodeQLen(rows)
+		s.qp = resize(s.qp, heads*ql)
+		for hi := range heads {
+			if !k.loops.decodeQ(s.qp[hi*ql:(hi+1)*ql], s.q[hi*rows*d:(hi+1)*rows*d], rows, d, k.scale) {
+				ql = 0
+				break
+			}
+		}
+	}
 	state := func(hi int) rowState {
-		return rowState{
+		st := rowState{
 			q:   s.q[hi*rows*d : (hi+1)*rows*d],
 			acc: s.acc[hi*rows*d : (hi+1)*rows*d],
 			m:   s.m[hi*rows : (hi+1)*rows],
 			l:   s.l[hi*rows : (hi+1)*rows],
 		}
+		if ql > 0 {
+			st.qp = s.qp[hi*ql : (hi+1)*ql]
+		}
+		return st
 	}
 	last := qq.Start + it.t1 - 1 // the last cache token any row sees
 	headBytes := bt * d * kv.DType.Size()
@@ -572,6 +591,9 @@ func (p *plan) runItem(it *item, s *kscratch) {
 	}
 	for hi := range heads {
 		st := state(hi)
+		if st.qp != nil {
+			fromPairOrder(st.acc)
+		}
 		if it.part >= 0 {
 			slot := it.part + hi*it.pstride
 			copy(p.pm[slot*group:], st.m[:group])
@@ -614,9 +636,10 @@ func (p *plan) page(it *item, s *kscratch, st rowState, g int, kv *PagedKV, pg, 
 	off := g * bt * d * size
 	kb := kv.K[pg][off : off+count*d*size]
 	vb := kv.V[pg][off : off+count*d*size]
-	if it.t1-it.t0 == 1 && kv.DType == BF16 && k.loops.decodePage != nil &&
-		k.loops.decodePage(st.q, kb, vb, rows, count, d, k.scale, s.s, st.m, st.l, st.acc, vb, next) {
-		return // a decode token sees every key of the page
+	if st.qp != nil {
+		// A decode token sees every key of the page.
+		k.loops.decodePage(st.qp, kb, vb, rows, count, d, s.s, st.m, st.l, st.acc, vb, next)
+		return
 	}
 	var vf []float32
 	var mx []float32 // each row's max over the page's count scores, if known

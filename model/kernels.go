@@ -45,20 +45,27 @@ type kernels struct {
 	expSum func(x []float32, m float32) float32
 	// maxF32 returns the largest of x, len(x) > 0 and no NaN.
 	maxF32 func(x []float32) float32
-	// decodePage folds one bf16 page into the online softmax of the nh
-	// query heads of one decode token, all in one call: with K(t,c) and
-	// V(t,c) the bf16 values at k and v as in scoresBF16 and accumBF16, and
-	// s_h(t) = scale * Σ_c q[h*d+c]*K(t,c) for t < n, it sets
-	// M = max(m[h], max_t s_h(t)), then l[h] = l[h]*e^(m[h]-M) + Σ_t e^(s_h(t)-M),
+	// decodeQ and decodePage fold bf16 pages into the online softmax of
+	// the nh query heads of one decode token, one call per page: with K(t,c)
+	// and V(t,c) the bf16 values at k and v as in scoresBF16 and
+	// accumBF16, and s_h(t) = scale * Σ_c q[h*d+c]*K(t,c) for t < n,
+	// decodePage sets M = max(m[h], max_t s_h(t)), then
+	// l[h] = l[h]*e^(m[h]-M) + Σ_t e^(s_h(t)-M),
 	// acc[h*d+c] = acc[h*d+c]*e^(m[h]-M) + Σ_t e^(s_h(t)-M)*V(t,c), m[h] = M,
-	// using s[:4*n] as scratch. A NaN score is passed over (weight 0), as in
-	// the separate loops. It asks for the first n*2*d bytes of pfA (in
+	// using s[:4*n] as scratch. The token's q is prepared once, by decodeQ
+	// into qp (len decodeQLen(nh)): scaled and laid out as the routine
+	// reads it; decodeQ reports false, writing nothing, for shapes the
+	// routine does not take (then the caller runs the separate loops).
+	// acc stays in pair order (see pairorder.go) from page to page; the
+	// caller puts it back in channel order with fromPairOrder when the
+	// pages are done. A NaN score is passed over (weight 0), as in the
+	// separate loops. decodePage asks for the first n*2*d bytes of pfA (in
 	// decode, this page's values) to be brought into the caches while it
 	// scores and those of pfB (the next page's keys) while it sums, a line
-	// at a time; a hint, as in scoresBF16. It reports false, touching nothing, for shapes it does
-	// not take (then the caller runs the separate loops); nil where no set
-	// of such loops exists.
-	decodePage func(q []float32, k, v []byte, nh, n, d int, scale float32, s, m, l, acc []float32, pfA, pfB []byte) bool
+	// at a time; a hint, as in scoresBF16. Both are nil where no set of
+	// such loops exists.
+	decodeQ    func(qp, q []float32, nh, d int, scale float32) bool
+	decodePage func(qp []float32, k, v []byte, nh, n, d int, s, m, l, acc []float32, pfA, pfB []byte)
 	// prefetch asks for b to be brought into the caches ahead of use; a
 	// hint, a no-op where there is no instruction for it.
 	prefetch func(b []byte)

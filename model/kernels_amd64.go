@@ -2,6 +2,7 @@ package model
 
 import (
 	"math"
+	"unsafe"
 
 	"golang.org/x/sys/cpu"
 )
@@ -23,17 +24,37 @@ func newAVX2Kernels(ok bool) *kernels {
 		expSum:     expSumAVX2Slice,
 		maxF32:     maxF32Slice,
 		prefetch:   prefetchSlice,
+		decodeQ:    decodeQAVX2,
 		decodePage: decodePageAVX2,
 	}
 }
 
-// decodePageAVX2 runs decodePageBF16H4 for each block of 4 heads: nh a
-// multiple of 4 and d a multiple of 16 up to pairMaxD.
-func decodePageAVX2(q []float32, k, v []byte, nh, n, d int, scale float32, s, m, l, acc []float32, pfA, pfB []byte) bool {
-	if nh <= 0 || nh%4 != 0 || n <= 0 || d <= 0 || d%16 != 0 || d > pairMaxD {
+// decodeQAVX2 prepares q for decodePageAVX2: nh a multiple of 4 and d a
+// multiple of 16 up to pairSlot. From the first 64-byte boundary of qp,
+// each block of 4 heads takes 4 slots of pairSlot floats, head h's q
+// (times scale, in pair order) at the end of its slot, where
+// decodePageBF16H4 reads it.
+func decodeQAVX2(qp, q []float32, nh, d int, scale float32) bool {
+	if nh <= 0 || nh%4 != 0 || d <= 0 || d%16 != 0 || d > pairSlot {
 		return false
 	}
 	_ = q[nh*d-1]
+	qa := alignedQ(qp)
+	_ = qa[nh*pairSlot-1]
+	for h := range nh {
+		toPairOrder(qa[(h+1)*pairSlot-d:(h+1)*pairSlot], q[h*d:(h+1)*d], scale)
+	}
+	return true
+}
+
+// decodePageAVX2 runs decodePageBF16H4 for each block of 4 heads, with qp
+// as decodeQAVX2 left it.
+func decodePageAVX2(qp []float32, k, v []byte, nh, n, d int, s, m, l, acc []float32, pfA, pfB []byte) {
+	if nh <= 0 || nh%4 != 0 || n <= 0 || d <= 0 || d%16 != 0 || d > pairSlot {
+		panic("model: decodePage: shape not taken")
+	}
+	qa := alignedQ(qp)
+	_ = qa[nh*pairSlot-1]
 	_ = k[2*n*d-1]
 	_ = v[2*n*d-1]
 	_ = s[4*n-1]
@@ -48,10 +69,16 @@ func decodePageAVX2(q []float32, k, v []byte, nh, n, d int, scale float32, s, m,
 		pb = &pfB[0]
 	}
 	for h := 0; h < nh; h += 4 {
-		decodePageBF16H4(&q[h*d], &k[0], &v[0], n, d, scale, &s[0], &m[h], &l[h], &acc[h*d], pa, pb)
+		decodePageBF16H4(&qa[h*pairSlot], &k[0], &v[0], n, d, &s[0], &m[h], &l[h], &acc[h*d], pa, pb)
 		pa, pb = &k[0], &k[0]
 	}
-	return true
+}
+
+// alignedQ returns qp from its first 64-byte boundary, so that no 32-byte
+// load of q straddles two cache lines.
+func alignedQ(qp []float32) []float32 {
+	off := (64 - uintptr(unsafe.Pointer(unsafe.SliceData(qp)))%64) % 64 / 4
+	return qp[off:]
 }
 
 func maxF32Slice(x []float32) float32 {
@@ -335,11 +362,12 @@ func expSumAVX2(x *float32, n int, m float32) float32
 
 // decodePageBF16H4 folds the n keys and values of a bf16 page (rows of d) into
 // the running max m[h], denominator l[h] and weighted sum acc[h*d:(h+1)*d] of
-// query heads h < 4 (q[h*d:(h+1)*d], scores times scale), using s[:4*n] as
-// scratch. n > 0, d > 0, d%16 == 0, d <= 256; it prefetches n*2*d bytes at pfA and pfB.
+// query heads h < 4, using s[:4*n] as scratch. qp (64-byte aligned) holds each
+// head's q, scaled, in pair order at the end of a slot of 256 floats; acc is
+// in pair order. n > 0, d > 0, d%16 == 0, d <= 256; it prefetches n*2*d bytes at pfA and pfB.
 //
 //go:noescape
-func decodePageBF16H4(q *float32, k *byte, v *byte, n int, d int, scale float32, s *float32, m *float32, l *float32, acc *float32, pfA *byte, pfB *byte)
+func decodePageBF16H4(qp *float32, k *byte, v *byte, n int, d int, s *float32, m *float32, l *float32, acc *float32, pfA *byte, pfB *byte)
 
 // fmaPeakAVX2 runs n iterations of 12 independent 8-lane FMAs.
 //

@@ -2520,108 +2520,16 @@ done:
 	VZEROUPPER
 	RET
 
-// func decodePageBF16H4(q *float32, k *byte, v *byte, n int, d int, scale float32, s *float32, m *float32, l *float32, acc *float32, pfA *byte, pfB *byte)
+// func decodePageBF16H4(qp *float32, k *byte, v *byte, n int, d int, s *float32, m *float32, l *float32, acc *float32, pfA *byte, pfB *byte)
 // Requires: AVX, AVX2, FMA3, MMX+
-TEXT ·decodePageBF16H4(SB), $4256-96
-	LEAQ         63(SP), AX
-	ANDQ         $-64, AX
-	MOVQ         q+0(FP), CX
-	MOVQ         d+32(FP), DX
-	VBROADCASTSS scale+40(FP), Y0
-	LEAQ         1024(AX), BX
-	MOVQ         DX, SI
-	SHLQ         $0x02, SI
-	SUBQ         SI, BX
-	MOVQ         DX, SI
-	SHRQ         $0x04, SI
-
-perm0:
-	VMOVUPS (CX), Y1
-	VMOVUPS 32(CX), Y2
-	VSHUFPS $0x88, Y2, Y1, Y3
-	VSHUFPS $0xdd, Y2, Y1, Y1
-	VPERMPD $0xd8, Y3, Y3
-	VPERMPD $0xd8, Y1, Y1
-	VMULPS  Y0, Y3, Y3
-	VMULPS  Y0, Y1, Y1
-	VMOVUPS Y3, (BX)
-	VMOVUPS Y1, 32(BX)
-	ADDQ    $0x40, CX
-	ADDQ    $0x40, BX
-	DECQ    SI
-	JNZ     perm0
-	LEAQ    2048(AX), BX
-	MOVQ    DX, SI
-	SHLQ    $0x02, SI
-	SUBQ    SI, BX
-	MOVQ    DX, SI
-	SHRQ    $0x04, SI
-
-perm1:
-	VMOVUPS (CX), Y1
-	VMOVUPS 32(CX), Y2
-	VSHUFPS $0x88, Y2, Y1, Y3
-	VSHUFPS $0xdd, Y2, Y1, Y1
-	VPERMPD $0xd8, Y3, Y3
-	VPERMPD $0xd8, Y1, Y1
-	VMULPS  Y0, Y3, Y3
-	VMULPS  Y0, Y1, Y1
-	VMOVUPS Y3, (BX)
-	VMOVUPS Y1, 32(BX)
-	ADDQ    $0x40, CX
-	ADDQ    $0x40, BX
-	DECQ    SI
-	JNZ     perm1
-	LEAQ    3072(AX), BX
-	MOVQ    DX, SI
-	SHLQ    $0x02, SI
-	SUBQ    SI, BX
-	MOVQ    DX, SI
-	SHRQ    $0x04, SI
-
-perm2:
-	VMOVUPS (CX), Y1
-	VMOVUPS 32(CX), Y2
-	VSHUFPS $0x88, Y2, Y1, Y3
-	VSHUFPS $0xdd, Y2, Y1, Y1
-	VPERMPD $0xd8, Y3, Y3
-	VPERMPD $0xd8, Y1, Y1
-	VMULPS  Y0, Y3, Y3
-	VMULPS  Y0, Y1, Y1
-	VMOVUPS Y3, (BX)
-	VMOVUPS Y1, 32(BX)
-	ADDQ    $0x40, CX
-	ADDQ    $0x40, BX
-	DECQ    SI
-	JNZ     perm2
-	LEAQ    4096(AX), BX
-	MOVQ    DX, SI
-	SHLQ    $0x02, SI
-	SUBQ    SI, BX
-	MOVQ    DX, SI
-	SHRQ    $0x04, SI
-
-perm3:
-	VMOVUPS (CX), Y1
-	VMOVUPS 32(CX), Y2
-	VSHUFPS $0x88, Y2, Y1, Y3
-	VSHUFPS $0xdd, Y2, Y1, Y1
-	VPERMPD $0xd8, Y3, Y3
-	VPERMPD $0xd8, Y1, Y1
-	VMULPS  Y0, Y3, Y3
-	VMULPS  Y0, Y1, Y1
-	VMOVUPS Y3, (BX)
-	VMOVUPS Y1, 32(BX)
-	ADDQ    $0x40, CX
-	ADDQ    $0x40, BX
-	DECQ    SI
-	JNZ     perm3
-	MOVQ    s+48(FP), CX
-	MOVQ    k+8(FP), DX
-	MOVQ    n+24(FP), BX
-	MOVQ    pfA+80(FP), SI
-	MOVQ    d+32(FP), DI
-	SHLQ    $0x01, DI
+TEXT ·decodePageBF16H4(SB), NOSPLIT, $32-88
+	MOVQ qp+0(FP), AX
+	MOVQ s+40(FP), CX
+	MOVQ k+8(FP), DX
+	MOVQ n+24(FP), BX
+	MOVQ pfA+72(FP), SI
+	MOVQ d+32(FP), DI
+	SHLQ $0x01, DI
 
 rows:
 	CMPQ   BX, $0x03
@@ -2764,9 +2672,9 @@ chunk:
 	JMP          row
 
 scored:
-	MOVQ           m+56(FP), AX
+	MOVQ           m+48(FP), AX
 	VBROADCASTF128 (AX), Y0
-	MOVQ           s+48(FP), AX
+	MOVQ           s+40(FP), AX
 	MOVQ           n+24(FP), CX
 
 maxpairs:
@@ -2787,13 +2695,13 @@ maxlast:
 maxed:
 	VEXTRACTF128   $0x01, Y0, X1
 	VMAXPS         X1, X0, X0
-	VMOVUPS        X0, 4224(SP)
+	VMOVUPS        X0, (SP)
 	VMOVUPS        attn_exp_consts<>+0(SB), Y0
 	VMOVUPS        attn_exp_consts<>+32(SB), Y1
 	VMOVUPS        attn_exp_consts<>+320(SB), Y2
 	VMOVDQU        attn_exp_consts<>+352(SB), Y3
-	MOVQ           m+56(FP), AX
-	VBROADCASTF128 4224(SP), Y4
+	MOVQ           m+48(FP), AX
+	VBROADCASTF128 (SP), Y4
 	VBROADCASTF128 (AX), Y5
 	VMOVUPS        X4, (AX)
 	VSUBPS         Y4, Y5, Y5
@@ -2817,16 +2725,16 @@ maxed:
 	VPSLLD         $0x17, Y5, Y5
 	VMULPS         Y5, Y8, Y8
 	VANDPS         Y6, Y8, Y8
-	MOVQ           l+64(FP), AX
+	MOVQ           l+56(FP), AX
 	VMULPS         (AX), X8, X5
 	VCMPPS         $0x00, Y2, Y8, Y6
 	VMOVMSKPS      X6, AX
 	CMPL           AX, $0x0f
 	JE             weights
-	VMOVUPS        X8, 4240(SP)
-	MOVQ           acc+72(FP), AX
+	VMOVUPS        X8, 16(SP)
+	MOVQ           acc+64(FP), AX
 	MOVQ           d+32(FP), CX
-	VBROADCASTSS   4240(SP), Y6
+	VBROADCASTSS   16(SP), Y6
 	MOVQ           CX, DX
 	SHRQ           $0x03, DX
 
@@ -2836,7 +2744,7 @@ rescale0:
 	ADDQ         $0x20, AX
 	DECQ         DX
 	JNZ          rescale0
-	VBROADCASTSS 4244(SP), Y6
+	VBROADCASTSS 20(SP), Y6
 	MOVQ         CX, DX
 	SHRQ         $0x03, DX
 
@@ -2846,7 +2754,7 @@ rescale1:
 	ADDQ         $0x20, AX
 	DECQ         DX
 	JNZ          rescale1
-	VBROADCASTSS 4248(SP), Y6
+	VBROADCASTSS 24(SP), Y6
 	MOVQ         CX, DX
 	SHRQ         $0x03, DX
 
@@ -2856,7 +2764,7 @@ rescale2:
 	ADDQ         $0x20, AX
 	DECQ         DX
 	JNZ          rescale2
-	VBROADCASTSS 4252(SP), Y6
+	VBROADCASTSS 28(SP), Y6
 	SHRQ         $0x03, CX
 
 rescale3:
@@ -2867,7 +2775,7 @@ rescale3:
 	JNZ     rescale3
 
 weights:
-	MOVQ   s+48(FP), AX
+	MOVQ   s+40(FP), AX
 	MOVQ   n+24(FP), CX
 	VXORPS Y6, Y6, Y6
 
@@ -2936,9 +2844,9 @@ summed:
 	VEXTRACTF128 $0x01, Y6, X0
 	VADDPS       X0, X6, X0
 	VADDPS       X0, X5, X5
-	MOVQ         l+64(FP), AX
+	MOVQ         l+56(FP), AX
 	VMOVUPS      X5, (AX)
-	MOVQ         acc+72(FP), AX
+	MOVQ         acc+64(FP), AX
 	MOVQ         v+16(FP), CX
 	MOVQ         d+32(FP), DX
 	MOVQ         DX, BX
@@ -2946,7 +2854,7 @@ summed:
 	MOVQ         DX, SI
 	SHLQ         $0x02, SI
 	SHRQ         $0x04, DX
-	MOVQ         pfB+88(FP), DI
+	MOVQ         pfB+80(FP), DI
 	MOVQ         n+24(FP), R8
 	IMULQ        BX, R8
 	LEAQ         (DI)(R8*1), R8
@@ -2956,32 +2864,16 @@ vblock:
 	MOVQ    AX, R9
 	VMOVUPS (R9), Y1
 	VMOVUPS 32(R9), Y2
-	VSHUFPS $0x88, Y2, Y1, Y3
-	VSHUFPS $0xdd, Y2, Y1, Y1
-	VPERMPD $0xd8, Y3, Y3
-	VPERMPD $0xd8, Y1, Y1
 	ADDQ    SI, R9
-	VMOVUPS (R9), Y2
+	VMOVUPS (R9), Y3
 	VMOVUPS 32(R9), Y4
-	VSHUFPS $0x88, Y4, Y2, Y5
-	VSHUFPS $0xdd, Y4, Y2, Y2
-	VPERMPD $0xd8, Y5, Y5
-	VPERMPD $0xd8, Y2, Y2
 	ADDQ    SI, R9
-	VMOVUPS (R9), Y4
+	VMOVUPS (R9), Y5
 	VMOVUPS 32(R9), Y6
-	VSHUFPS $0x88, Y6, Y4, Y7
-	VSHUFPS $0xdd, Y6, Y4, Y4
-	VPERMPD $0xd8, Y7, Y7
-	VPERMPD $0xd8, Y4, Y4
 	ADDQ    SI, R9
-	VMOVUPS (R9), Y6
+	VMOVUPS (R9), Y7
 	VMOVUPS 32(R9), Y8
-	VSHUFPS $0x88, Y8, Y6, Y9
-	VSHUFPS $0xdd, Y8, Y6, Y6
-	VPERMPD $0xd8, Y9, Y9
-	VPERMPD $0xd8, Y6, Y6
-	MOVQ    s+48(FP), R9
+	MOVQ    s+40(FP), R9
 	MOVQ    n+24(FP), R10
 	MOVQ    CX, R11
 
@@ -2989,35 +2881,35 @@ vtokens:
 	CMPQ         R10, $0x02
 	JL           vlast
 	VMOVDQU      (R11), Y10
-	VPSLLD       $0x10, Y10, Y8
+	VPSLLD       $0x10, Y10, Y9
 	VPAND        Y0, Y10, Y10
 	VBROADCASTSS (R9), Y11
-	VFMADD231PS  Y8, Y11, Y3
-	VFMADD231PS  Y10, Y11, Y1
-	VBROADCASTSS 4(R9), Y11
-	VFMADD231PS  Y8, Y11, Y5
+	VFMADD231PS  Y9, Y11, Y1
 	VFMADD231PS  Y10, Y11, Y2
-	VBROADCASTSS 8(R9), Y11
-	VFMADD231PS  Y8, Y11, Y7
+	VBROADCASTSS 4(R9), Y11
+	VFMADD231PS  Y9, Y11, Y3
 	VFMADD231PS  Y10, Y11, Y4
-	VBROADCASTSS 12(R9), Y11
-	VFMADD231PS  Y8, Y11, Y9
+	VBROADCASTSS 8(R9), Y11
+	VFMADD231PS  Y9, Y11, Y5
 	VFMADD231PS  Y10, Y11, Y6
+	VBROADCASTSS 12(R9), Y11
+	VFMADD231PS  Y9, Y11, Y7
+	VFMADD231PS  Y10, Y11, Y8
 	VMOVDQU      (R11)(BX*1), Y10
-	VPSLLD       $0x10, Y10, Y8
+	VPSLLD       $0x10, Y10, Y9
 	VPAND        Y0, Y10, Y10
 	VBROADCASTSS 16(R9), Y11
-	VFMADD231PS  Y8, Y11, Y3
-	VFMADD231PS  Y10, Y11, Y1
-	VBROADCASTSS 20(R9), Y11
-	VFMADD231PS  Y8, Y11, Y5
+	VFMADD231PS  Y9, Y11, Y1
 	VFMADD231PS  Y10, Y11, Y2
-	VBROADCASTSS 24(R9), Y11
-	VFMADD231PS  Y8, Y11, Y7
+	VBROADCASTSS 20(R9), Y11
+	VFMADD231PS  Y9, Y11, Y3
 	VFMADD231PS  Y10, Y11, Y4
-	VBROADCASTSS 28(R9), Y11
-	VFMADD231PS  Y8, Y11, Y9
+	VBROADCASTSS 24(R9), Y11
+	VFMADD231PS  Y9, Y11, Y5
 	VFMADD231PS  Y10, Y11, Y6
+	VBROADCASTSS 28(R9), Y11
+	VFMADD231PS  Y9, Y11, Y7
+	VFMADD231PS  Y10, Y11, Y8
 	CMPQ         DI, R8
 	JAE          vprefetched
 	PREFETCHT0   (DI)
@@ -3033,54 +2925,38 @@ vlast:
 	CMPQ         R10, $0x00
 	JE           vsummed
 	VMOVDQU      (R11), Y10
-	VPSLLD       $0x10, Y10, Y8
+	VPSLLD       $0x10, Y10, Y9
 	VPAND        Y0, Y10, Y10
 	VBROADCASTSS (R9), Y11
-	VFMADD231PS  Y8, Y11, Y3
-	VFMADD231PS  Y10, Y11, Y1
-	VBROADCASTSS 4(R9), Y11
-	VFMADD231PS  Y8, Y11, Y5
+	VFMADD231PS  Y9, Y11, Y1
 	VFMADD231PS  Y10, Y11, Y2
-	VBROADCASTSS 8(R9), Y11
-	VFMADD231PS  Y8, Y11, Y7
+	VBROADCASTSS 4(R9), Y11
+	VFMADD231PS  Y9, Y11, Y3
 	VFMADD231PS  Y10, Y11, Y4
-	VBROADCASTSS 12(R9), Y11
-	VFMADD231PS  Y8, Y11, Y9
+	VBROADCASTSS 8(R9), Y11
+	VFMADD231PS  Y9, Y11, Y5
 	VFMADD231PS  Y10, Y11, Y6
+	VBROADCASTSS 12(R9), Y11
+	VFMADD231PS  Y9, Y11, Y7
+	VFMADD231PS  Y10, Y11, Y8
 
 vsummed:
-	MOVQ       AX, R9
-	VUNPCKLPS  Y1, Y3, Y8
-	VUNPCKHPS  Y1, Y3, Y1
-	VPERM2F128 $0x20, Y1, Y8, Y3
-	VMOVUPS    Y3, (R9)
-	VPERM2F128 $0x31, Y1, Y8, Y1
-	VMOVUPS    Y1, 32(R9)
-	ADDQ       SI, R9
-	VUNPCKLPS  Y2, Y5, Y1
-	VUNPCKHPS  Y2, Y5, Y2
-	VPERM2F128 $0x20, Y2, Y1, Y3
-	VMOVUPS    Y3, (R9)
-	VPERM2F128 $0x31, Y2, Y1, Y1
-	VMOVUPS    Y1, 32(R9)
-	ADDQ       SI, R9
-	VUNPCKLPS  Y4, Y7, Y1
-	VUNPCKHPS  Y4, Y7, Y2
-	VPERM2F128 $0x20, Y2, Y1, Y3
-	VMOVUPS    Y3, (R9)
-	VPERM2F128 $0x31, Y2, Y1, Y1
-	VMOVUPS    Y1, 32(R9)
-	ADDQ       SI, R9
-	VUNPCKLPS  Y6, Y9, Y1
-	VUNPCKHPS  Y6, Y9, Y2
-	VPERM2F128 $0x20, Y2, Y1, Y3
-	VMOVUPS    Y3, (R9)
-	VPERM2F128 $0x31, Y2, Y1, Y1
-	VMOVUPS    Y1, 32(R9)
-	ADDQ       $0x40, AX
-	ADDQ       $0x20, CX
-	DECQ       DX
-	JNZ        vblock
+	MOVQ    AX, R9
+	VMOVUPS Y1, (R9)
+	VMOVUPS Y2, 32(R9)
+	ADDQ    SI, R9
+	VMOVUPS Y3, (R9)
+	VMOVUPS Y4, 32(R9)
+	ADDQ    SI, R9
+	VMOVUPS Y5, (R9)
+	VMOVUPS Y6, 32(R9)
+	ADDQ    SI, R9
+	VMOVUPS Y7, (R9)
+	VMOVUPS Y8, 32(R9)
+	ADDQ    $0x40, AX
+	ADDQ    $0x20, CX
+	DECQ    DX
+	JNZ     vblock
 	VZEROUPPER
 	RET
 

@@ -717,24 +717,25 @@ func accumRows(bf16, perHead bool, heads int, widths []int, pAt func(pp Register
 // a row's four heads are one XMM store and the exponentials run 8 lanes
 // (two rows) at a time.
 func decodePage(c expConsts) {
-	TEXT("decodePageBF16H4", 0, "func(q *float32, k, v *byte, n, d int, scale float32, s, m, l, acc *float32, pfA, pfB *byte)")
+	TEXT("decodePageBF16H4", NOSPLIT, "func(qp *float32, k, v *byte, n, d int, s, m, l, acc *float32, pfA, pfB *byte)")
 	Doc("decodePageBF16H4 folds the n keys and values of a bf16 page (rows of d) into",
 		"the running max m[h], denominator l[h] and weighted sum acc[h*d:(h+1)*d] of",
-		"query heads h < 4 (q[h*d:(h+1)*d], scores times scale), using s[:4*n] as",
-		fmt.Sprintf("scratch. n > 0, d > 0, d%%16 == 0, d <= %d; it prefetches n*2*d bytes at pfA and pfB.", pairMaxD))
+		"query heads h < 4, using s[:4*n] as scratch. qp (64-byte aligned) holds each",
+		fmt.Sprintf("head's q, scaled, in pair order at the end of a slot of %d floats; acc is", pairMaxD),
+		fmt.Sprintf("in pair order. n > 0, d > 0, d%%16 == 0, d <= %d; it prefetches n*2*d bytes at pfA and pfB.", pairMaxD))
 	const heads = 4
 	slot := 4 * pairMaxD
-	// The q copy (as scoresPair), then 16 bytes of running max and 16 of
-	// the correction factors.
-	frame := AllocLocal(heads*slot + 128 + 32)
-	qbuf := frame
-	mxAt := frame.Offset(heads*slot + 128)
+	// 16 bytes of running max and 16 of the correction factors.
+	frame := AllocLocal(32)
+	mxAt := frame
 	corrAt := mxAt.Offset(16)
-	qb := pairQ(qbuf, heads, slot, true)
+	// q comes scaled and in the order pairRows reads it, prepared once per
+	// decode token rather than per page.
+	qb := Load(Param("qp"), GP64())
 
-	// q is scaled as it is copied; a row's scores are one store, with no
-	// chain from row to row (a running max kept in memory made one, whose
-	// latency held up retirement at the end of each block of rows).
+	// A row's scores are one store, with no chain from row to row (a
+	// running max kept in memory made one, whose latency held up
+	// retirement at the end of each block of rows).
 	sp := Load(Param("s"), GP64())
 	pairRows(heads, 3, slot, qb, true, true, func(j int, sv VecVirtual) {
 		VMOVUPS(sv, Mem{Base: sp, Disp: 16 * j})
@@ -863,15 +864,15 @@ func decodePage(c expConsts) {
 	RET()
 }
 
-// accumPairs emits the value sums of decodePage: acc[h*d+c] += Σ_t
-// s[4t+h]*V(t,c) for h < 4, c < d (Params "acc", "s", "v", "n", "d"; d a
-// multiple of 16), 16 channels of all 4 heads at a time. Each 32 bytes of
-// a value row are converted as in pairRows (a shift for the even channels,
-// a mask for the odd ones): one shift and one AND per 16 channels, against
-// two zero-extending loads and two shifts, which share the FMA units'
-// ports. The 8 accumulators hold the channels in that even/odd order; they
-// are put back in channel order as they are stored, so acc in memory stays
-// in channel order. It prefetches the n*2*d bytes at Param "pfB" a line
+// accumPairs emits the value sums of decodePage: acc += Σ_t s[4t+h]*V(t,·)
+// for h < 4 (Params "acc", "s", "v", "n", "d"; d a multiple of 16), 16
+// channels of all 4 heads at a time. Each 32 bytes of a value row are
+// converted as in pairRows (a shift for the even channels, a mask for the
+// odd ones): one shift and one AND per 16 channels, against two
+// zero-extending loads and two shifts, which share the FMA units' ports.
+// acc is in that pair order (each 16 channels as the 8 even, then the 8
+// odd ones) from page to page: shuffling it to channel order and back at
+// every page cost 3% of the page's cycles. It prefetches the n*2*d bytes at Param "pfB" a line
 // per two tokens: for d = 128 spread over all 8 blocks (a line per token,
 // over the first half, asks for them faster than memory delivers them
 // and stalls the loop: 5-8% slower from memory).
@@ -900,8 +901,8 @@ func accumPairs() {
 	VMOVDQU(pairMask, mask)
 
 	Label("vblock")
-	// Load 16 channels of each head as even and odd lanes (pairQ's
-	// shuffle): head h at ac + h*dq.
+	// 16 channels of each head, the even then the odd ones (acc is kept
+	// in that order from page to page): head h at ac + h*dq.
 	ev, od := make([]VecVirtual, heads), make([]VecVirtual, heads)
 	ah := GP64()
 	MOVQ(ac, ah)
@@ -909,14 +910,9 @@ func accumPairs() {
 		if h > 0 {
 			ADDQ(dq, ah)
 		}
-		a, b := YMM(), YMM()
-		VMOVUPS(Mem{Base: ah}, a)
-		VMOVUPS(Mem{Base: ah, Disp: 32}, b)
 		ev[h], od[h] = YMM(), YMM()
-		VSHUFPS(U8(0x88), b, a, ev[h])
-		VSHUFPS(U8(0xdd), b, a, od[h])
-		VPERMPD(U8(0xd8), ev[h], ev[h])
-		VPERMPD(U8(0xd8), od[h], od[h])
+		VMOVUPS(Mem{Base: ah}, ev[h])
+		VMOVUPS(Mem{Base: ah, Disp: 32}, od[h])
 	}
 	pp := Load(Param("s"), GP64())
 	cnt := Load(Param("n"), GP64())
@@ -959,22 +955,13 @@ func accumPairs() {
 	token(0)
 	Label("vsummed")
 
-	// Back to channel order: unpacking interleaves 4 channels per 128-bit
-	// lane ([0-3 | 8-11] and [4-7 | 12-15]); the lane swaps finish it.
 	MOVQ(ac, ah)
 	for h := range heads {
 		if h > 0 {
 			ADDQ(dq, ah)
 		}
-		lo, hi := YMM(), YMM()
-		VUNPCKLPS(od[h], ev[h], lo)
-		VUNPCKHPS(od[h], ev[h], hi)
-		x := YMM()
-		VPERM2F128(U8(0x20), hi, lo, x)
-		VMOVUPS(x, Mem{Base: ah})
-		y := YMM()
-		VPERM2F128(U8(0x31), hi, lo, y)
-		VMOVUPS(y, Mem{Base: ah, Disp: 32})
+		VMOVUPS(ev[h], Mem{Base: ah})
+		VMOVUPS(od[h], Mem{Base: ah, Disp: 32})
 	}
 	ADDQ(U8(64), ac)
 	ADDQ(U8(32), vc)
