@@ -167,3 +167,43 @@ func BenchmarkDecode(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkStreamBusy asks what the memory delivers to a loop that
+// computes as long per byte as the decode kernel does: membw.ReadBusy, a
+// sequential read with software prefetch and rounds steps of dependent
+// multiply-adds (4 cycles each) per 256 bytes, on every core. Metrics:
+// cache_GB/s, its rate over 16 KiB per core held in L1 (the compute alone);
+// stream_GB/s, over 1 GiB from memory; mem_GB/s, the read pass of the same
+// run (rounds 0 is that pass with prefetch); stream_ratio, stream over
+// mem; and mem_cost, the share of the streamed time not in the compute
+// alone. With rounds set so that cache_GB/s matches the kernel's warm rate
+// (BenchmarkDecodePageWarm times the cores), stream_ratio is about the
+// most a kernel of that compute density can reach here.
+func BenchmarkStreamBusy(b *testing.B) {
+	workers := runtime.GOMAXPROCS(0)
+	for _, rounds := range []int{0, 8, 10, 12, 16} {
+		b.Run(fmt.Sprintf("rounds%d", rounds), func(b *testing.B) {
+			const repeat = 4096 // passes over the L1 share per timed pass
+			inCache := func(buf []byte) uint64 {
+				var s uint64
+				for range repeat {
+					s += membw.ReadBusy(buf, rounds)
+				}
+				return s
+			}
+			var cache, stream float64
+			for b.Loop() {
+				cache = repeat * membw.BandwidthOf(workers*16<<10, workers, 200*time.Millisecond, inCache)
+				stream = membw.BandwidthOf(1<<30, workers, time.Second, func(buf []byte) uint64 {
+					return membw.ReadBusy(buf, rounds)
+				})
+			}
+			bw := readBandwidth()
+			b.ReportMetric(cache/1e9, "cache_GB/s")
+			b.ReportMetric(stream/1e9, "stream_GB/s")
+			b.ReportMetric(bw/1e9, "mem_GB/s")
+			b.ReportMetric(stream/bw, "stream_ratio")
+			b.ReportMetric(1-stream/cache, "mem_cost")
+		})
+	}
+}

@@ -47,3 +47,60 @@ done:
 	MOVQ         AX, ret+16(FP)
 	VZEROUPPER
 	RET
+
+// func sumBusyAVX2(p *byte, n int, rounds int) uint64
+// Requires: AVX, AVX2, FMA3, MMX+
+TEXT ·sumBusyAVX2(SB), NOSPLIT, $0-32
+	MOVQ   p+0(FP), AX
+	MOVQ   n+8(FP), CX
+	MOVQ   rounds+16(FP), DX
+	VPXOR  Y0, Y0, Y0
+	VPXOR  Y1, Y1, Y1
+	VPXOR  Y2, Y2, Y2
+	VPXOR  Y3, Y3, Y3
+	VXORPS Y4, Y4, Y4
+	VXORPS Y5, Y5, Y5
+	VXORPS Y6, Y6, Y6
+
+busyblock:
+	CMPQ       CX, $0x00000100
+	JL         busydone
+	PREFETCHT0 2048(AX)
+	PREFETCHT0 2112(AX)
+	PREFETCHT0 2176(AX)
+	PREFETCHT0 2240(AX)
+	VPADDQ     (AX), Y0, Y0
+	VPADDQ     32(AX), Y1, Y1
+	VPADDQ     64(AX), Y2, Y2
+	VPADDQ     96(AX), Y3, Y3
+	VPADDQ     128(AX), Y0, Y0
+	VPADDQ     160(AX), Y1, Y1
+	VPADDQ     192(AX), Y2, Y2
+	VPADDQ     224(AX), Y3, Y3
+	MOVQ       DX, BX
+
+busyround:
+	TESTQ       BX, BX
+	JZ          busynext
+	VFMADD231PS Y4, Y4, Y5
+	VFMADD231PS Y4, Y4, Y6
+	DECQ        BX
+	JMP         busyround
+
+busynext:
+	ADDQ $0x00000100, AX
+	SUBQ $0x00000100, CX
+	JMP  busyblock
+
+busydone:
+	VPADDQ       Y1, Y0, Y0
+	VPADDQ       Y3, Y2, Y2
+	VPADDQ       Y2, Y0, Y0
+	VEXTRACTI128 $0x01, Y0, X1
+	VPADDQ       X1, X0, X0
+	VPSHUFD      $0x4e, X0, X1
+	VPADDQ       X1, X0, X0
+	VMOVQ        X0, AX
+	MOVQ         AX, ret+24(FP)
+	VZEROUPPER
+	RET

@@ -5,6 +5,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 )
@@ -47,6 +48,51 @@ func TestRead(t *testing.T) {
 				t.Errorf("Go path (%d bytes at %d) = %#x, want %#x", n, off, got, want)
 			}
 		}
+	}
+}
+
+// TestReadBusy checks that the busy loop reads what Read reads (the
+// multiples of 256 bytes), in the assembly and the Go versions.
+func TestReadBusy(t *testing.T) {
+	r := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 2))
+	big := make([]byte, 1<<14+300)
+	for i := range big {
+		big[i] = byte(r.Uint32())
+	}
+	for _, n := range []int{0, 255, 256, 257, 511, 512, 4096 + 255, len(big)} {
+		for _, off := range []int{0, 3} {
+			if off+n > len(big) {
+				continue
+			}
+			b := big[off : off+n]
+			want := reference(b[:n&^255])
+			for _, rounds := range []int{-1, 0, 3} {
+				if got := ReadBusy(b, rounds); got != want {
+					t.Errorf("ReadBusy(%d bytes at %d, %d rounds) = %#x, want %#x", n, off, rounds, got, want)
+				}
+				if n >= 256 {
+					if got := sumBusyGo(b[:n&^255], max(rounds, 0)); got != want {
+						t.Errorf("Go path (%d bytes at %d, %d rounds) = %#x, want %#x", n, off, rounds, got, want)
+					}
+				}
+			}
+		}
+	}
+}
+
+// TestBandwidthOf checks that the read function given is the one run, over
+// the whole buffer once per pass.
+func TestBandwidthOf(t *testing.T) {
+	var mu sync.Mutex
+	read := 0
+	bw := BandwidthOf(100000, 3, time.Millisecond, func(b []byte) uint64 {
+		mu.Lock()
+		read += len(b)
+		mu.Unlock()
+		return 0
+	})
+	if !(bw > 0) || read == 0 || read%100000 != 0 {
+		t.Errorf("BandwidthOf: %v bytes/s after reading %d bytes; want positive, whole passes of 100000", bw, read)
 	}
 }
 

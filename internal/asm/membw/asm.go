@@ -59,5 +59,72 @@ func main() {
 	Store(r, ReturnIndex(0))
 	VZEROUPPER()
 	RET()
+
+	busy()
 	Generate()
+}
+
+// busy generates sumBusyAVX2: sumAVX2's loop over 256-byte blocks with,
+// after each block, rounds steps of two chains of dependent FMAs (a fixed
+// number of cycles per step: the FMA latency), and a PREFETCHT0 of each
+// line 2 KiB ahead: a stand-in for a kernel that computes a chosen time
+// per byte it reads, with the same kind of software prefetch.
+func busy() {
+	TEXT("sumBusyAVX2", NOSPLIT, "func(p *byte, n, rounds int) uint64")
+	Doc("sumBusyAVX2 returns what sumAVX2 returns for n a multiple of 256, after",
+		"rounds steps of dependent multiply-adds per 256 bytes.")
+	p := Load(Param("p"), GP64())
+	n := Load(Param("n"), GP64())
+	rounds := Load(Param("rounds"), GP64())
+	acc := make([]VecVirtual, 4)
+	for i := range acc {
+		acc[i] = YMM()
+		VPXOR(acc[i], acc[i], acc[i])
+	}
+	// c += 0*0 keeps c's value (no overflow, no subnormals) while each
+	// step still waits on the last.
+	zero, c0, c1 := YMM(), YMM(), YMM()
+	VXORPS(zero, zero, zero)
+	VXORPS(c0, c0, c0)
+	VXORPS(c1, c1, c1)
+
+	Label("busyblock")
+	CMPQ(n, U32(block))
+	JL(LabelRef("busydone"))
+	for i := range block / 64 {
+		PREFETCHT0(Mem{Base: p, Disp: 2048 + 64*i})
+	}
+	for i := range block / 32 {
+		VPADDQ(Mem{Base: p, Disp: 32 * i}, acc[i%4], acc[i%4])
+	}
+	r := GP64()
+	MOVQ(rounds, r)
+	Label("busyround")
+	TESTQ(r, r)
+	JZ(LabelRef("busynext"))
+	VFMADD231PS(zero, zero, c0)
+	VFMADD231PS(zero, zero, c1)
+	DECQ(r)
+	JMP(LabelRef("busyround"))
+	Label("busynext")
+	ADDQ(U32(block), p)
+	SUBQ(U32(block), n)
+	JMP(LabelRef("busyblock"))
+
+	Label("busydone")
+	VPADDQ(acc[1], acc[0], acc[0])
+	VPADDQ(acc[3], acc[2], acc[2])
+	VPADDQ(acc[2], acc[0], acc[0])
+	hi := XMM()
+	VEXTRACTI128(U8(1), acc[0], hi)
+	s := XMM()
+	VPADDQ(hi, acc[0].AsX(), s)
+	t := XMM()
+	VPSHUFD(U8(0x4e), s, t)
+	VPADDQ(t, s, s)
+	out := GP64()
+	VMOVQ(s, out)
+	Store(out, ReturnIndex(0))
+	VZEROUPPER()
+	RET()
 }
