@@ -392,7 +392,7 @@ func scoresPair(heads, rows int) {
 	// negative index, and go vet reads a displacement at or past the frame
 	// size as an argument.
 	qbuf := AllocLocal(heads*slot + 128)
-	qb := pairQ(qbuf, heads, slot, false)
+	qb := pairQ(qbuf, heads, slot)
 
 	out := Load(Param("out"), GP64())
 	os := Load(Param("ostride"), GP64())
@@ -435,7 +435,7 @@ func scoresPair(heads, rows int) {
 // pairQ copies q (Param "q", heads rows of Param "d" floats) to the end of
 // the slots of qbuf, each 16 floats as the 8 even then the 8 odd ones: the
 // order in which pairRows converts key rows.
-func pairQ(qbuf Mem, heads, slot int, scaled bool) GPVirtual {
+func pairQ(qbuf Mem, heads, slot int) GPVirtual {
 	// The slots start on a 64-byte line (qbuf has 64 bytes to spare), so
 	// that no 32-byte load of q straddles two lines.
 	qb := GP64()
@@ -445,11 +445,6 @@ func pairQ(qbuf Mem, heads, slot int, scaled bool) GPVirtual {
 	d := Load(Param("d"), GP64())
 	dst := GP64()
 	cnt := GP64()
-	var sc VecVirtual
-	if scaled {
-		sc = YMM()
-		VBROADCASTSS(addr(Param("scale")), sc)
-	}
 	for h := range heads {
 		// dst = &qb[h*slot + slot - 4*d]
 		LEAQ(Mem{Base: qb, Disp: (h + 1) * slot}, dst)
@@ -467,10 +462,6 @@ func pairQ(qbuf Mem, heads, slot int, scaled bool) GPVirtual {
 		VSHUFPS(U8(0xdd), b, a, o)
 		VPERMPD(U8(0xd8), e, e)
 		VPERMPD(U8(0xd8), o, o)
-		if scaled {
-			VMULPS(sc, e, e)
-			VMULPS(sc, o, o)
-		}
 		VMOVUPS(e, Mem{Base: dst})
 		VMOVUPS(o, Mem{Base: dst, Disp: 32})
 		ADDQ(U8(64), q)
@@ -482,11 +473,12 @@ func pairQ(qbuf Mem, heads, slot int, scaled bool) GPVirtual {
 }
 
 // pairRows emits the key-row loops of the bf16 scores over Param "k" (Param
-// "n" rows of Param "d" bf16), with q in qbuf as pairQ left it: blocks of
+// "n" rows of Param "d" bf16), with q at qb as pairQ lays it out: blocks of
 // rows key rows, then single rows. For row j of a block it calls emit with
-// an XMM whose lane h is scale (Param "scale") times the score of head h,
-// then advance(r) once the block of r rows is done. It prefetches as
-// scoresPair says, from Params "pfA" and "pfB".
+// an XMM whose lane h is the score of head h, times Param "scale" unless
+// prescaled (q comes scaled), then advance(r) once the block of r rows is
+// done. It prefetches as scoresPair says, from Params "pfA" and "pfB" (only
+// pfA if onlyA).
 func pairRows(heads, rows, slot int, qb Register, prescaled, onlyA bool, emit func(j int, s VecVirtual), advance func(r int)) {
 	kcur := Load(Param("k"), GP64())
 	n := Load(Param("n"), GP64())
