@@ -46,7 +46,7 @@ func BenchmarkDecodePageWarm(b *testing.B) {
 	q := randF32(r, cfg.NumHeads*cfg.HeadDim)
 	out := make([]float32, len(q))
 	split := *vecKernels
-	split.decodePage = nil
+	split.decodeQ, split.decodePage = nil, nil
 	for _, c := range []struct {
 		name  string
 		loops *kernels

@@ -533,7 +533,7 @@ func (p *plan) runItem(it *item, s *kscratch) {
 	// A decode token over bf16 pages goes through the one-call page
 	// routine where it takes the shape: q prepared once for all pages.
 	ql := 0
-	if it.t1-it.t0 == 1 && kv.DType == BF16 && k.loops.decodeQ != nil {
+	if it.t1-it.t0 == 1 && kv.DType == BF16 && k.loops.decodeQ != nil && k.loops.decodePage != nil {
 		ql = decodeQLen(rows)
 		s.qp = resize(s.qp, heads*ql)
 		for hi := range heads {
