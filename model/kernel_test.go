@@ -205,7 +205,8 @@ func TestKernelMatchesReference(t *testing.T) {
 }
 
 // TestKernelVectorMatchesGo compares the vector loops with the pure-Go
-// ones on the Qwen3-VL-8B decode shape.
+// ones on the Qwen3-VL-8B decode shape, with and without the one-call
+// decode page routine.
 func TestKernelVectorMatchesGo(t *testing.T) {
 	if defaultKernels() == goKernels {
 		t.Skip("no vector loops on this CPU")
@@ -220,10 +221,18 @@ func TestKernelVectorMatchesGo(t *testing.T) {
 		{"8B/decode/long", 32, 8, 128, BF16, 64, 4000, 1},
 		{"GQA8/decode/long", 32, 4, 64, BF16, 64, 2500, 1},
 	} {
-		for _, workers := range []int{1, 3} {
-			t.Run(fmt.Sprintf("%s/workers%d", c.name, workers), func(t *testing.T) {
+		for _, run := range []struct {
+			workers int
+			split   bool // the separate vector loops, as on a set without the one-call page routine
+		}{{1, false}, {3, false}, {3, true}} {
+			t.Run(fmt.Sprintf("%s/workers%d/split%v", c.name, run.workers, run.split), func(t *testing.T) {
 				q, cfg := kernelInput(t, c, rng)
-				vec, _ := NewKernel(cfg, Options{Workers: workers})
+				vec, _ := NewKernel(cfg, Options{Workers: run.workers})
+				if run.split {
+					split := *vec.loops
+					split.decodeQ, split.decodePage = nil, nil
+					vec.loops = &split
+				}
 				ref, _ := NewKernel(cfg, Options{Scalar: true})
 				if err := vec.Attend(q); err != nil {
 					t.Fatal(err)
