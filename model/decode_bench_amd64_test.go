@@ -2,8 +2,12 @@ package model
 
 import (
 	"math/rand/v2"
+	"runtime"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/kvflow/kvflow/internal/hugepage"
 )
 
 // fmaPerNs is the 8-lane FMAs one core retires per ns, measured now (the
@@ -72,4 +76,63 @@ func BenchmarkDecodePageWarm(b *testing.B) {
 			b.ReportMetric(fmas/ns/peak, "fma_frac")
 		})
 	}
+}
+
+// BenchmarkDecodePageCalls times the page routine alone, one call per op
+// (64 tokens, 4 query heads, d 128, bf16): l1 over one page again and
+// again; memory over 512 MiB of pages laid out as a pipeline's (8 KV heads
+// per page, keys and values in pages of their own), every core walking its
+// own half page by page and head by head, as decode items do, with the
+// prefetch hints the kernel gives. Under perf stat -e cycles:u, its cycle
+// count less that of a run of 1 op is the cycles per call.
+func BenchmarkDecodePageCalls(b *testing.B) {
+	if vecKernels == nil {
+		b.Skip("no AVX2+FMA on this CPU")
+	}
+	const n, d, heads = 64, 128, 8
+	const page = 2 * n * d // one head's keys or values
+	r := rand.New(rand.NewPCG(5, 6))
+	newState := func(r *rand.Rand) (qp, s, m, l, acc []float32) {
+		qp = make([]float32, decodeQLen(4))
+		decodeQAVX2(qp, randF32(r, 4*d), 4, d, 0.088)
+		m = []float32{-1e30, -1e30, -1e30, -1e30}
+		return qp, make([]float32, 4*n), m, make([]float32, 4), make([]float32, 4*d)
+	}
+	b.Run("l1", func(b *testing.B) {
+		k, _ := randBF16(r, n*d)
+		v, _ := randBF16(r, n*d)
+		qp, s, m, l, acc := newState(r)
+		b.SetBytes(2 * page)
+		for b.Loop() {
+			decodePageAVX2(qp, k, v, 4, n, d, s, m, l, acc, v, k)
+		}
+	})
+	b.Run("memory", func(b *testing.B) {
+		pages := (512 << 20) / (2 * page * heads)
+		slab := make([]byte, pages*2*page*heads)
+		hugepage.Advise(slab)
+		blk, _ := randBF16(r, 1<<19)
+		for i := 0; i < len(slab); i += len(blk) {
+			copy(slab[i:], blk)
+		}
+		at := func(p, kv, g int) []byte {
+			o := ((2*p+kv)*heads + g) * page
+			return slab[o : o+page]
+		}
+		var next atomic.Int64
+		b.SetBytes(2 * page)
+		b.ResetTimer()
+		b.RunParallel(func(pb *testing.PB) {
+			workers := runtime.GOMAXPROCS(0)
+			w := int(next.Add(1)-1) % workers
+			span := pages / workers * heads // (page, head) visits in this worker's share
+			qp, s, m, l, acc := newState(rand.New(rand.NewPCG(uint64(w), 7)))
+			for i := 0; pb.Next(); i++ {
+				j := w*span + i%span
+				nx := w*span + (i+1)%span
+				v := at(j/heads, 1, j%heads)
+				decodePageAVX2(qp, at(j/heads, 0, j%heads), v, 4, n, d, s, m, l, acc, v, at(nx/heads, 0, nx%heads))
+			}
+		})
+	})
 }
