@@ -367,11 +367,19 @@ func (p *plan) build() {
 			decodeHeads += k.kvHeads
 		}
 	}
-	// Chunks per decode query: about four items per worker overall.
-	chunks := 1
+	// Decode chunks: about four items per worker overall, cut by pages,
+	// so that one long context among short ones is split as finely as a
+	// batch of long ones (each item takes every KV head of its query).
+	chunkPages := 0 // 0: no split
 	if workers > 1 && decodeHeads > 0 {
-		qs := decodeHeads / k.kvHeads
-		chunks = max(1, (4*workers+qs-1)/qs)
+		sum := 0
+		for qi := range p.qs {
+			if k.tokens(&p.qs[qi]) == 1 {
+				_, most := p.decodePages(qi)
+				sum += most
+			}
+		}
+		chunkPages = max(minChunkPages, (sum+4*workers-1)/(4*workers))
 	}
 	tile := max(1, prefillRows/k.group)
 	context, read := 0, 0
@@ -395,21 +403,20 @@ func (p *plan) build() {
 		// pages (see runItem). Block-sparse cuts each head's list the
 		// way dense cuts the pages, so that a list of every page is
 		// read exactly as dense reads it.
-		list, total := -1, qq.KV.Pages(qq.Start+1)
-		most := total
-		if p.decodeSparse(qi) {
-			list, most = qi*k.kvHeads, 0
-		}
+		total := qq.KV.Pages(qq.Start + 1)
+		list, most := p.decodePages(qi)
 		for g := range k.kvHeads {
 			context += total
 			if list < 0 {
 				read += total
-				continue
+			} else {
+				read += len(p.lists[list+g])
 			}
-			read += len(p.lists[list+g])
-			most = max(most, len(p.lists[list+g]))
 		}
-		c := min(chunks, most, max(1, most/minChunkPages))
+		c := 1
+		if chunkPages > 0 {
+			c = min((most+chunkPages-1)/chunkPages, max(1, most/minChunkPages))
+		}
 		if c <= 1 {
 			p.items = append(p.items, item{q: qi, t1: 1, heads: k.kvHeads, list: list, chunks: 1, part: -1})
 			continue
@@ -610,6 +617,20 @@ func (p *plan) runItem(it *item, s *kscratch) {
 			}
 		}
 	}
+}
+
+// decodePages returns the page lists of decode query q (the first head's
+// index in p.lists, or -1: every page) and the most pages a head reads.
+func (p *plan) decodePages(q int) (list, most int) {
+	qq := &p.qs[q]
+	if !p.decodeSparse(q) {
+		return -1, qq.KV.Pages(qq.Start + 1)
+	}
+	list = q * p.k.kvHeads
+	for g := range p.k.kvHeads {
+		most = max(most, len(p.lists[list+g]))
+	}
+	return list, most
 }
 
 // span returns the range of head hi's pages (or of its page list) that

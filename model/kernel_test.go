@@ -517,3 +517,61 @@ func TestBlockSparseReadsTheRoutedPages(t *testing.T) {
 		})
 	}
 }
+
+// TestDecodePlanSplitsByPages checks how decode work is cut into items: a
+// long context among short ones is split into several items (so that it
+// does not fall to one worker), short ones are not, every decode item takes
+// all KV heads, and each head's pages are covered exactly once.
+func TestDecodePlanSplitsByPages(t *testing.T) {
+	rng := rand.New(rand.NewPCG(runSeed(t), 9))
+	long := attendCase{"long", 8, 2, 16, BF16, 16, 4095, 1}
+	short := attendCase{"short", 8, 2, 16, BF16, 16, 63, 1}
+	var qs []Query
+	q, cfg := kernelInput(t, long, rng)
+	qs = append(qs, q)
+	for range 7 {
+		q, _ := kernelInput(t, short, rng)
+		qs = append(qs, q)
+	}
+	const workers = 2
+	k, err := NewKernel(cfg, Options{Workers: workers})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &plan{k: k, qs: qs}
+	p.build()
+	perQuery := make([]int, len(qs))
+	for _, it := range p.items {
+		if it.heads != cfg.NumKVHeads || it.g != 0 {
+			t.Errorf("decode item %+v takes heads [%d, %d), want all %d", it, it.g, it.g+it.heads, cfg.NumKVHeads)
+		}
+		perQuery[it.q]++
+	}
+	if perQuery[0] < 2*workers {
+		t.Errorf("the long context (256 pages) is cut into %d items, want at least %d", perQuery[0], 2*workers)
+	}
+	for qi := 1; qi < len(qs); qi++ {
+		if perQuery[qi] != 1 {
+			t.Errorf("short query %d (4 pages) is cut into %d items, want 1", qi, perQuery[qi])
+		}
+	}
+	for qi := range qs {
+		pages := qs[qi].KV.Pages(qs[qi].Start + 1)
+		for hi := range cfg.NumKVHeads {
+			seen := make([]int, pages)
+			for i := range p.items {
+				if it := &p.items[i]; it.q == qi {
+					p0, p1 := p.span(it, hi)
+					for j := p0; j < p1; j++ {
+						seen[j]++
+					}
+				}
+			}
+			for j, n := range seen {
+				if n != 1 {
+					t.Fatalf("query %d head %d: page %d read by %d items, want 1", qi, hi, j, n)
+				}
+			}
+		}
+	}
+}
