@@ -4,6 +4,9 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"os"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/kvflow/kvflow/tensor"
@@ -236,4 +239,52 @@ func refAttention(q []float32, keys, vals [][]float32, scale float64) (out []flo
 		out[j] /= den
 	}
 	return out, mx, den
+}
+
+// TestDecodePageAnyAlignment checks that where qp starts does not matter:
+// decodeQ and decodePage find the same 64-byte boundary in it for every
+// offset of the slice (Go's allocator happens to align the kernel's own).
+func TestDecodePageAnyAlignment(t *testing.T) {
+	ks := vecKernels
+	if ks == nil || ks.decodeQ == nil {
+		t.Skip("no vector loops on this CPU")
+	}
+	r := kernelRand(t)
+	const nh, d, n = 8, 64, 9
+	q := randF32(r, nh*d)
+	kb, _ := randBF16(r, n*d)
+	vb, _ := randBF16(r, n*d)
+	run := func(qp []float32) []float32 {
+		if !ks.decodeQ(qp, q, nh, d, 0.125) {
+			t.Fatal("decodeQ refused")
+		}
+		m := make([]float32, nh)
+		for h := range m {
+			m[h] = float32(math.Inf(-1))
+		}
+		l, acc := make([]float32, nh), make([]float32, nh*d)
+		ks.decodePage(qp, kb, vb, nh, n, d, make([]float32, 4*n), m, l, acc, nil, nil)
+		return append(acc, l...)
+	}
+	big := make([]float32, decodeQLen(nh)+16)
+	want := run(big[:decodeQLen(nh)])
+	for off := 1; off < 16; off++ {
+		if got := run(big[off : off+decodeQLen(nh)]); !slices.Equal(got, want) {
+			t.Errorf("qp at offset %d floats gives a different result", off)
+		}
+	}
+}
+
+// TestPairSlotMatchesGenerator checks that the Go side's slot for a head's
+// prepared q is the one the assembly generator addresses (pairMaxD in
+// internal/asm/attn, a module of its own that the model cannot import).
+func TestPairSlotMatchesGenerator(t *testing.T) {
+	src, err := os.ReadFile("../internal/asm/attn/asm.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("const pairMaxD = %d\n", pairSlot)
+	if !strings.Contains(string(src), want) {
+		t.Errorf("internal/asm/attn/asm.go does not declare %q: the prepared q's slots no longer match", strings.TrimSpace(want))
+	}
 }

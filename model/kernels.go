@@ -61,8 +61,9 @@ type kernels struct {
 	// pages are done. A NaN score is passed over (weight 0), as in the
 	// separate loops. decodePage asks for the first n*2*d bytes of pfA (in
 	// decode, this page's values) to be brought into the caches while it
-	// scores and those of pfB (the next page's keys) while it sums, a line
-	// at a time; a hint, as in scoresBF16. Both are nil where no set of
+	// scores (a line per 32 bytes of key rows) and those of pfB (the next
+	// page's keys) while it sums (a line per two tokens of each block of
+	// channels); a hint, as in scoresBF16. Both are nil where no set of
 	// such loops exists.
 	decodeQ    func(qp, q []float32, nh, d int, scale float32) bool
 	decodePage func(qp []float32, k, v []byte, nh, n, d int, s, m, l, acc []float32, pfA, pfB []byte)

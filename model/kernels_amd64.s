@@ -2939,6 +2939,10 @@ vlast:
 	VBROADCASTSS 12(R9), Y11
 	VFMADD231PS  Y9, Y11, Y7
 	VFMADD231PS  Y10, Y11, Y8
+	CMPQ         DI, R8
+	JAE          vsummed
+	PREFETCHT0   (DI)
+	ADDQ         $0x40, DI
 
 vsummed:
 	MOVQ    AX, R9

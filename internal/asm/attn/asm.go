@@ -702,7 +702,7 @@ func accumRows(bf16, perHead bool, heads int, widths []int, pAt func(pp Register
 
 // decodePage generates decodePageBF16H4: one page of bf16 K/V folded into
 // the online softmax of 4 query heads of one decode token, in one call:
-// the scores (as scoresPair, prefetching pfA and pfB), the new running
+// the scores (as scoresPair, prefetching pfA only), the new running
 // max, the rescaling of l and acc by exp(m_old - m_new) when the max
 // moved, the weights exp(s - m_new) and their sums, and the weighted sum
 // of the value rows (accumPairs, prefetching pfB). The scores live in s as [n][4] floats, so
@@ -945,6 +945,12 @@ func accumPairs() {
 	CMPQ(cnt, U8(0))
 	JE(LabelRef("vsummed"))
 	token(0)
+	// The odd last token asks for a line too, so that every block does
+	// ceil(n/2): d/16 blocks of them cover the n*2*d bytes.
+	CMPQ(pf, pfEnd)
+	JAE(LabelRef("vsummed"))
+	PREFETCHT0(Mem{Base: pf})
+	ADDQ(U8(64), pf)
 	Label("vsummed")
 
 	MOVQ(ac, ah)
