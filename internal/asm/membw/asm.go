@@ -19,18 +19,12 @@ func main() {
 		"words at p; n is a multiple of 32.")
 	p := Load(Param("p"), GP64())
 	n := Load(Param("n"), GP64())
-	acc := make([]VecVirtual, 4)
-	for i := range acc {
-		acc[i] = YMM()
-		VPXOR(acc[i], acc[i], acc[i])
-	}
+	acc := zeroAccs()
 
 	Label("block")
 	CMPQ(n, U32(block))
 	JL(LabelRef("chunk"))
-	for i := range block / 32 {
-		VPADDQ(Mem{Base: p, Disp: 32 * i}, acc[i%4], acc[i%4])
-	}
+	addBlock(p, acc)
 	ADDQ(U32(block), p)
 	SUBQ(U32(block), n)
 	JMP(LabelRef("block"))
@@ -44,19 +38,7 @@ func main() {
 	JMP(LabelRef("chunk"))
 
 	Label("done")
-	VPADDQ(acc[1], acc[0], acc[0])
-	VPADDQ(acc[3], acc[2], acc[2])
-	VPADDQ(acc[2], acc[0], acc[0])
-	hi := XMM()
-	VEXTRACTI128(U8(1), acc[0], hi)
-	s := XMM()
-	VPADDQ(hi, acc[0].AsX(), s)
-	t := XMM()
-	VPSHUFD(U8(0x4e), s, t) // swap the two qwords
-	VPADDQ(t, s, s)
-	r := GP64()
-	VMOVQ(s, r)
-	Store(r, ReturnIndex(0))
+	storeSum(acc)
 	VZEROUPPER()
 	RET()
 
@@ -76,11 +58,7 @@ func busy() {
 	p := Load(Param("p"), GP64())
 	n := Load(Param("n"), GP64())
 	rounds := Load(Param("rounds"), GP64())
-	acc := make([]VecVirtual, 4)
-	for i := range acc {
-		acc[i] = YMM()
-		VPXOR(acc[i], acc[i], acc[i])
-	}
+	acc := zeroAccs()
 	// c += 0*0 keeps c's value (no overflow, no subnormals) while each
 	// step still waits on the last.
 	zero, c0, c1 := YMM(), YMM(), YMM()
@@ -94,9 +72,7 @@ func busy() {
 	for i := range block / 64 {
 		PREFETCHT0(Mem{Base: p, Disp: 2048 + 64*i})
 	}
-	for i := range block / 32 {
-		VPADDQ(Mem{Base: p, Disp: 32 * i}, acc[i%4], acc[i%4])
-	}
+	addBlock(p, acc)
 	r := GP64()
 	MOVQ(rounds, r)
 	Label("busyround")
@@ -112,6 +88,13 @@ func busy() {
 	JMP(LabelRef("busyblock"))
 
 	Label("busydone")
+	storeSum(acc)
+	VZEROUPPER()
+	RET()
+}
+
+// storeSum returns the sum of the qwords of the 4 accumulators.
+func storeSum(acc []VecVirtual) {
 	VPADDQ(acc[1], acc[0], acc[0])
 	VPADDQ(acc[3], acc[2], acc[2])
 	VPADDQ(acc[2], acc[0], acc[0])
@@ -120,11 +103,26 @@ func busy() {
 	s := XMM()
 	VPADDQ(hi, acc[0].AsX(), s)
 	t := XMM()
-	VPSHUFD(U8(0x4e), s, t)
+	VPSHUFD(U8(0x4e), s, t) // swap the two qwords
 	VPADDQ(t, s, s)
-	out := GP64()
-	VMOVQ(s, out)
-	Store(out, ReturnIndex(0))
-	VZEROUPPER()
-	RET()
+	r := GP64()
+	VMOVQ(s, r)
+	Store(r, ReturnIndex(0))
+}
+
+// zeroAccs returns 4 zeroed YMM accumulators.
+func zeroAccs() []VecVirtual {
+	acc := make([]VecVirtual, 4)
+	for i := range acc {
+		acc[i] = YMM()
+		VPXOR(acc[i], acc[i], acc[i])
+	}
+	return acc
+}
+
+// addBlock adds the block bytes at p into the accumulators, 32 at a time.
+func addBlock(p Register, acc []VecVirtual) {
+	for i := range block / 32 {
+		VPADDQ(Mem{Base: p, Disp: 32 * i}, acc[i%4], acc[i%4])
+	}
 }
