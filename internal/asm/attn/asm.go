@@ -767,11 +767,7 @@ func decodePage(c expConsts) {
 	}
 
 	// corr = exp(m_old - m_new); m = m_new; l *= corr.
-	lo, log2e, one, bias := YMM(), YMM(), YMM(), YMM()
-	VMOVUPS(c.mem("min"), lo)
-	VMOVUPS(c.mem("log2e"), log2e)
-	VMOVUPS(c.mem("one"), one)
-	VMOVDQU(c.mem("bias"), bias)
+	lo, log2e, one, bias := c.regs()
 	mp = Load(Param("m"), GP64())
 	mnew := YMM()
 	VBROADCASTF128(mxAt, mnew) // [m_new | m_new]
@@ -820,17 +816,7 @@ func decodePage(c expConsts) {
 		n := Load(Param("n"), GP64())
 		sum := YMM()
 		VXORPS(sum, sum, sum)
-		Label("pairs")
-		CMPQ(n, U8(2))
-		JL(LabelRef("last"))
-		x := YMM()
-		VMOVUPS(Mem{Base: sp}, x)
-		e := expLanes(c, x, mnew, lo, log2e, one, bias)
-		VMOVUPS(e, Mem{Base: sp})
-		VADDPS(e, sum, sum)
-		ADDQ(U8(32), sp)
-		SUBQ(U8(2), n)
-		JMP(LabelRef("pairs"))
+		expChunks(c, "pairs", "last", sp, n, 2, mnew, sum, lo, log2e, one, bias)
 		Label("last")
 		CMPQ(n, U8(0))
 		JE(LabelRef("summed"))
@@ -1036,6 +1022,33 @@ func expConstants() expConsts {
 	return c
 }
 
+// regs loads the constants expLanes keeps in registers.
+func (c expConsts) regs() (lo, log2e, one, bias VecVirtual) {
+	lo, log2e, one, bias = YMM(), YMM(), YMM(), YMM()
+	VMOVUPS(c.mem("min"), lo)
+	VMOVUPS(c.mem("log2e"), log2e)
+	VMOVUPS(c.mem("one"), one)
+	VMOVDQU(c.mem("bias"), bias)
+	return lo, log2e, one, bias
+}
+
+// expChunks emits the loop at label top that, while n >= per, replaces the
+// 8 floats at p with exp(x-m), adds them to sum, and advances p by 32 bytes
+// and n by per (per rows of the 8 lanes); then it goes to label done.
+func expChunks(c expConsts, top, done string, p, n Register, per int, m, sum, lo, log2e, one, bias VecVirtual) {
+	Label(top)
+	CMPQ(n, U8(per))
+	JL(LabelRef(done))
+	x := YMM()
+	VMOVUPS(Mem{Base: p}, x)
+	e := expLanes(c, x, m, lo, log2e, one, bias)
+	VMOVUPS(e, Mem{Base: p})
+	VADDPS(e, sum, sum)
+	ADDQ(U8(32), p)
+	SUBQ(U8(per), n)
+	JMP(LabelRef(top))
+}
+
 // expLanes returns exp(x-m) for the 8 lanes of x (x is overwritten), 0 in
 // lanes where x-m < expMin, -Inf or NaN.
 func expLanes(c expConsts, x, m, lo, log2e, one, bias VecVirtual) VecVirtual {
@@ -1074,25 +1087,11 @@ func expSum(c expConsts) {
 	n := Load(Param("n"), GP64())
 	m := YMM()
 	VBROADCASTSS(addr(Param("m")), m)
-	lo, log2e, one, bias := YMM(), YMM(), YMM(), YMM()
-	VMOVUPS(c.mem("min"), lo)
-	VMOVUPS(c.mem("log2e"), log2e)
-	VMOVUPS(c.mem("one"), one)
-	VMOVDQU(c.mem("bias"), bias)
+	lo, log2e, one, bias := c.regs()
 	sum := YMM()
 	VXORPS(sum, sum, sum)
 
-	Label("chunk")
-	CMPQ(n, U8(8))
-	JL(LabelRef("tail"))
-	x := YMM()
-	VMOVUPS(Mem{Base: xp}, x)
-	e := expLanes(c, x, m, lo, log2e, one, bias)
-	VMOVUPS(e, Mem{Base: xp})
-	VADDPS(e, sum, sum)
-	ADDQ(U8(32), xp)
-	SUBQ(U8(8), n)
-	JMP(LabelRef("chunk"))
+	expChunks(c, "chunk", "tail", xp, n, 8, m, sum, lo, log2e, one, bias)
 
 	Label("tail")
 	CMPQ(n, U8(0))
