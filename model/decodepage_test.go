@@ -20,10 +20,7 @@ import (
 // blocks of 4), d from 16 to 256, and scales large enough that the max
 // moves from page to page (the rescale of l and acc).
 func TestDecodePageMatchesReference(t *testing.T) {
-	ks := vecKernels
-	if ks == nil || ks.decodePage == nil {
-		t.Skip("no vector loops on this CPU")
-	}
+	ks := decodeLoops(t)
 	r := kernelRand(t)
 	for _, c := range []struct {
 		nh, d int
@@ -102,10 +99,7 @@ func TestDecodePageMatchesReference(t *testing.T) {
 // for the shapes the page routine does not take, and that decodePage
 // panics on them (and on an empty page) instead of reading out of bounds.
 func TestDecodeQRefuses(t *testing.T) {
-	ks := vecKernels
-	if ks == nil || ks.decodeQ == nil {
-		t.Skip("no vector loops on this CPU")
-	}
+	ks := decodeLoops(t)
 	for _, c := range []struct{ nh, n, d int }{{2, 4, 128}, {6, 4, 128}, {4, 4, 24}, {4, 4, 8}, {4, 4, 512}, {0, 4, 128}, {4, 0, 128}} {
 		nh, d := max(c.nh, 1), max(c.d, 1)
 		qp := make([]float32, decodeQLen(nh))
@@ -166,10 +160,7 @@ func TestPairOrder(t *testing.T) {
 // and wiping out the pages before it: a NaN key in the last row of the
 // first page (the row the max is taken from last).
 func TestDecodePagePassesOverNaN(t *testing.T) {
-	ks := vecKernels
-	if ks == nil || ks.decodePage == nil {
-		t.Skip("no vector loops on this CPU")
-	}
+	ks := decodeLoops(t)
 	r := kernelRand(t)
 	const nh, d, n = 4, 64, 7
 	q := randF32(r, nh*d)
@@ -214,6 +205,16 @@ func TestDecodePagePassesOverNaN(t *testing.T) {
 	}
 }
 
+// decodeLoops returns the vector set with its one-call decode routine, or
+// skips the test where the CPU has none.
+func decodeLoops(t *testing.T) *kernels {
+	t.Helper()
+	if vecKernels == nil || vecKernels.decodeQ == nil || vecKernels.decodePage == nil {
+		t.Skip("no vector loops on this CPU")
+	}
+	return vecKernels
+}
+
 // refAttention is softmax(scale·q·kᵀ)·v in float64, with the largest score
 // and the softmax denominator relative to it.
 func refAttention(q []float32, keys, vals [][]float32, scale float64) (out []float64, mx, den float64) {
@@ -245,10 +246,7 @@ func refAttention(q []float32, keys, vals [][]float32, scale float64) (out []flo
 // decodeQ and decodePage find the same 64-byte boundary in it for every
 // offset of the slice (Go's allocator happens to align the kernel's own).
 func TestDecodePageAnyAlignment(t *testing.T) {
-	ks := vecKernels
-	if ks == nil || ks.decodeQ == nil {
-		t.Skip("no vector loops on this CPU")
-	}
+	ks := decodeLoops(t)
 	r := kernelRand(t)
 	const nh, d, n = 8, 64, 9
 	q := randF32(r, nh*d)
