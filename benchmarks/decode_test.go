@@ -31,7 +31,7 @@ var readBandwidth = sync.OnceValue(func() float64 {
 // decodeInput is a batch of decode queries over contexts of ctx tokens,
 // with keys that are noise except for a few strong matches per KV head, as
 // in real attention, so that block-sparse accuracy means something.
-func decodeInput(b *testing.B, ctx, batch int) []model.Query {
+func decodeInput(b testing.TB, ctx, batch int) []model.Query {
 	b.Helper()
 	cfg := decodeShape
 	d, group := cfg.HeadDim, cfg.NumHeads/cfg.NumKVHeads
@@ -165,6 +165,41 @@ func BenchmarkDecode(b *testing.B) {
 			}
 			qs = nil
 		}
+	}
+}
+
+// BenchmarkDecodeShort measures decode calls about as short as starting a
+// goroutine on an idle core: one token over a 1K context (4 MiB of K/V), on
+// every core, with the kernel's helpers lingering between calls (the
+// default) against the baseline of helpers that exit after each call
+// (Options.Linger < 0) and so are started afresh by the next. Metric:
+// speedup, the baseline's time over the lingering one's.
+func BenchmarkDecodeShort(b *testing.B) {
+	const ctx = 1024
+	qs := decodeInput(b, ctx, 1)
+	var baseNs float64
+	for _, c := range []struct {
+		name   string
+		linger time.Duration
+	}{{"no_linger", -1}, {"linger", 0}} {
+		b.Run(c.name, func(b *testing.B) {
+			k, err := model.NewKernel(decodeShape, model.Options{Workers: runtime.GOMAXPROCS(0), Linger: c.linger})
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.SetBytes(int64(ctx) * int64(decodeShape.NumKVHeads*decodeShape.HeadDim) * 2 * 2)
+			for b.Loop() {
+				if err := k.Attend(qs...); err != nil {
+					b.Fatal(err)
+				}
+			}
+			ns := float64(b.Elapsed().Nanoseconds()) / float64(b.N)
+			if c.linger < 0 {
+				baseNs = ns
+				return
+			}
+			b.ReportMetric(baseNs/ns, "speedup")
+		})
 	}
 }
 

@@ -1,11 +1,14 @@
 package model
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/kvflow/kvflow/tensor"
 )
@@ -51,6 +54,11 @@ type Options struct {
 	// Scalar selects the pure-Go loops even where vector ones exist: the
 	// reference the vector path is tested against.
 	Scalar bool
+	// Linger is how long the helper goroutines of a kernel with Workers > 1
+	// wait, spinning, for the next call before they exit: calls closer
+	// together than that do not pay for starting them on an idle core.
+	// 0 means DefaultLinger; negative, they exit as soon as a call is done.
+	Linger time.Duration
 }
 
 func (o Options) validate() error {
@@ -101,6 +109,7 @@ type Kernel struct {
 	router                     Router
 	loops                      *kernels
 	pool                       sync.Pool // of *kscratch
+	team                       team
 
 	// What decode tokens read, for Stats; updated once per Attend call.
 	decodeTokens, contextPages, readPages atomic.Int64
@@ -148,6 +157,10 @@ func NewKernel(cfg Config, opts Options) (*Kernel, error) {
 		k.loops = goKernels
 	}
 	k.pool.New = func() any { return new(kscratch) }
+	k.team.linger = opts.Linger
+	if opts.Linger == 0 {
+		k.team.linger = DefaultLinger
+	}
 	return k, nil
 }
 
@@ -187,8 +200,8 @@ type item struct {
 	q, g, t0, t1  int
 	heads         int
 	list          int // the first head's page list in the plan's lists, or -1: every page
-	p0, p1        int // the pages (chunks == 0)
-	chunk, chunks int // else: chunk of chunks equal parts of each head's pages
+	p0, p1        int // the pages; for decode (of > 0), see span
+	of            int // decode: the length of the query's longest page list
 	part, pstride int
 }
 
@@ -214,10 +227,15 @@ type plan struct {
 	items  []item
 	splits []split
 	lists  [][]int   // block-sparse page lists per (q, g)
+	decode []int     // the decode queries, longest first
+	cuts   []int     // the bounds of one decode query's runs
 	pm, pl []float32 // partial max and denominator, [slot][group]
 	pacc   []float32 // partial sums, [slot][group][d]
 	next   atomic.Int64
 	phase  int
+	// Helpers of the kernel's team enter by the gate while a phase runs;
+	// the fields above are written only while it is closed.
+	gate
 }
 
 // Attend computes attention for each query. Queries are independent; all
@@ -354,42 +372,24 @@ func (p *plan) routeOne(i int, s *kscratch) {
 }
 
 // build divides the work into items. A decode token's pages are split along
-// the KV length into enough chunks to keep the workers busy; prefill tokens
-// are tiled so that a tile's rows (tokens × group) share each page read.
+// the KV length into chunks that keep the workers busy to the end; prefill
+// tokens are tiled so that a tile's rows (tokens × group) share each page
+// read.
 func (p *plan) build() {
 	k := p.k
-	p.items, p.splits = p.items[:0], p.splits[:0]
+	p.items, p.splits, p.decode = p.items[:0], p.splits[:0], p.decode[:0]
 	workers := max(1, k.opts.Workers)
-	slots := 0
-	decodeHeads := 0
-	for i := range p.qs {
-		if k.tokens(&p.qs[i]) == 1 {
-			decodeHeads += k.kvHeads
-		}
-	}
-	// Decode chunks: about four items per worker overall, cut by pages,
-	// so that one long context among short ones is split as finely as a
-	// batch of long ones (each item takes every KV head of its query).
-	chunkPages := 0 // 0: no split
-	if workers > 1 && decodeHeads > 0 {
-		sum := 0
-		for qi := range p.qs {
-			if k.tokens(&p.qs[qi]) == 1 {
-				_, most := p.decodePages(qi)
-				sum += most
-			}
-		}
-		chunkPages = max(minChunkPages, (sum+4*workers-1)/(4*workers))
-	}
 	tile := max(1, prefillRows/k.group)
-	context, read := 0, 0
+	left := 0 // decode pages not yet cut into items, in units of each query's longest list
 	for qi := range p.qs {
 		qq := &p.qs[qi]
 		n := k.tokens(qq)
-		if n == 0 {
-			continue
-		}
-		if n > 1 {
+		switch {
+		case n == 1:
+			p.decode = append(p.decode, qi)
+			_, most := p.decodePages(qi)
+			left += most
+		case n > 1:
 			for g := range k.kvHeads {
 				for t0 := 0; t0 < n; t0 += tile {
 					t1 := min(n, t0+tile)
@@ -397,12 +397,21 @@ func (p *plan) build() {
 					p.items = append(p.items, item{q: qi, g: g, t0: t0, t1: t1, heads: 1, list: -1, p1: last, part: -1})
 				}
 			}
-			continue
 		}
-		// Decode: each item takes every KV head over one chunk of its
-		// pages (see runItem). Block-sparse cuts each head's list the
-		// way dense cuts the pages, so that a list of every page is
-		// read exactly as dense reads it.
+	}
+	// Decode items come after the prefill tiles, each taking every KV head
+	// of its query over a run of its pages (see runItem), longest contexts
+	// first. A run is about the decode pages left over twice the workers
+	// (guided scheduling), at least minChunkPages: the first items are
+	// large, the last small enough that the workers finish together.
+	slices.SortStableFunc(p.decode, func(a, b int) int {
+		_, ma := p.decodePages(a)
+		_, mb := p.decodePages(b)
+		return cmp.Compare(mb, ma)
+	})
+	slots, context, read := 0, 0, 0
+	for _, qi := range p.decode {
+		qq := &p.qs[qi]
 		total := qq.KV.Pages(qq.Start + 1)
 		list, most := p.decodePages(qi)
 		for g := range k.kvHeads {
@@ -413,22 +422,36 @@ func (p *plan) build() {
 				read += len(p.lists[list+g])
 			}
 		}
-		c := 1
-		if chunkPages > 0 {
-			c = min((most+chunkPages-1)/chunkPages, max(1, most/minChunkPages))
+		// Block-sparse cuts each head's list the way dense cuts the
+		// pages (see span), so that a list of every page is read exactly
+		// as dense reads it.
+		p.cuts = append(p.cuts[:0], 0)
+		for off := 0; off < most; {
+			run := most - off
+			if workers > 1 {
+				run = min(run, max(minChunkPages, (left+2*workers-1)/(2*workers)))
+				if most-off-run < minChunkPages {
+					run = most - off // no piece shorter than minChunkPages
+				}
+			}
+			off += run
+			left -= run
+			p.cuts = append(p.cuts, off)
 		}
+		c := len(p.cuts) - 1
 		if c <= 1 {
-			p.items = append(p.items, item{q: qi, t1: 1, heads: k.kvHeads, list: list, chunks: 1, part: -1})
+			p.items = append(p.items, item{q: qi, t1: 1, heads: k.kvHeads, list: list, p1: most, of: most, part: -1})
 			continue
 		}
 		for g := range k.kvHeads {
 			p.splits = append(p.splits, split{q: qi, g: g, first: slots + g*c, n: c})
 		}
 		for j := range c {
-			p.items = append(p.items, item{q: qi, t1: 1, heads: k.kvHeads, list: list, chunk: j, chunks: c, part: slots + j, pstride: c})
+			p.items = append(p.items, item{q: qi, t1: 1, heads: k.kvHeads, list: list, p0: p.cuts[j], p1: p.cuts[j+1], of: most, part: slots + j, pstride: c})
 		}
 		slots += k.kvHeads * c
 	}
+	decodeHeads := len(p.decode) * k.kvHeads
 	if decodeHeads > 0 {
 		k.decodeTokens.Add(int64(decodeHeads / k.kvHeads))
 		k.contextPages.Add(int64(context))
@@ -450,8 +473,8 @@ const (
 	minChunkPages = 4
 )
 
-// run executes phase on items [0, n) with up to Workers goroutines, the
-// caller included, and returns when all are done.
+// run executes phase on items [0, n) with the caller and up to Workers-1
+// helpers of the kernel's team, and returns when all are done.
 func (p *plan) run(n, phase int) {
 	if n == 0 {
 		return
@@ -463,16 +486,10 @@ func (p *plan) run(n, phase int) {
 		p.work()
 		return
 	}
-	var wg sync.WaitGroup
-	wg.Add(w - 1)
-	for range w - 1 {
-		go func() {
-			defer wg.Done()
-			p.work()
-		}()
-	}
+	p.open()
+	p.k.team.call(p, w-1)
 	p.work()
-	wg.Wait()
+	p.close()
 }
 
 // work takes indices of the current phase until none is left.
@@ -636,7 +653,7 @@ func (p *plan) decodePages(q int) (list, most int) {
 // span returns the range of head hi's pages (or of its page list) that
 // item it reads.
 func (p *plan) span(it *item, hi int) (p0, p1 int) {
-	if it.chunks == 0 {
+	if it.of == 0 {
 		return it.p0, it.p1
 	}
 	qq := &p.qs[it.q]
@@ -644,7 +661,7 @@ func (p *plan) span(it *item, hi int) (p0, p1 int) {
 	if it.list >= 0 {
 		total = len(p.lists[it.list+hi])
 	}
-	return it.chunk * total / it.chunks, (it.chunk + 1) * total / it.chunks
+	return it.p0 * total / it.of, it.p1 * total / it.of
 }
 
 // page folds count keys and values of page pg, KV head g, into the rows

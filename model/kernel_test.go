@@ -520,16 +520,23 @@ func TestBlockSparseReadsTheRoutedPages(t *testing.T) {
 
 // TestDecodePlanSplitsByPages checks how decode work is cut into items: a
 // long context among short ones is split into several items (so that it
-// does not fall to one worker), short ones are not, every decode item takes
-// all KV heads, and each head's pages are covered exactly once.
+// does not fall to one worker) and goes first, short ones are not split,
+// runs shrink toward the end of the plan so that the workers finish
+// together, every decode item takes all KV heads, and each head's pages
+// are covered exactly once.
 func TestDecodePlanSplitsByPages(t *testing.T) {
 	rng := rand.New(rand.NewPCG(runSeed(t), 9))
 	long := attendCase{"long", 8, 2, 16, BF16, 16, 4095, 1}
 	short := attendCase{"short", 8, 2, 16, BF16, 16, 63, 1}
 	var qs []Query
+	for range 3 {
+		q, _ := kernelInput(t, short, rng)
+		qs = append(qs, q)
+	}
 	q, cfg := kernelInput(t, long, rng)
 	qs = append(qs, q)
-	for range 7 {
+	const longQ = 3
+	for range 4 {
 		q, _ := kernelInput(t, short, rng)
 		qs = append(qs, q)
 	}
@@ -541,17 +548,34 @@ func TestDecodePlanSplitsByPages(t *testing.T) {
 	p := &plan{k: k, qs: qs}
 	p.build()
 	perQuery := make([]int, len(qs))
+	var longRuns []int
 	for _, it := range p.items {
 		if it.heads != cfg.NumKVHeads || it.g != 0 {
 			t.Errorf("decode item %+v takes heads [%d, %d), want all %d", it, it.g, it.g+it.heads, cfg.NumKVHeads)
 		}
 		perQuery[it.q]++
+		if it.q == longQ {
+			longRuns = append(longRuns, it.p1-it.p0)
+		}
 	}
-	if perQuery[0] < 2*workers {
-		t.Errorf("the long context (256 pages) is cut into %d items, want at least %d", perQuery[0], 2*workers)
+	if p.items[0].q != longQ {
+		t.Errorf("the first item is query %d's, want the longest context's (%d)", p.items[0].q, longQ)
 	}
-	for qi := 1; qi < len(qs); qi++ {
-		if perQuery[qi] != 1 {
+	if perQuery[longQ] < 2*workers {
+		t.Errorf("the long context (256 pages) is cut into %d items, want at least %d", perQuery[longQ], 2*workers)
+	}
+	for i := 1; i < len(longRuns); i++ {
+		if longRuns[i] > longRuns[i-1] {
+			t.Errorf("the long context's runs grow: %v", longRuns)
+			break
+		}
+	}
+	first, last := p.items[0], p.items[len(p.items)-1]
+	if f, l := first.p1-first.p0, last.p1-last.p0; l >= 2*minChunkPages || f < 4*l {
+		t.Errorf("the first item reads %d pages, the last %d: want the last under %d and at most a quarter of the first", f, l, 2*minChunkPages)
+	}
+	for qi := range qs {
+		if qi != longQ && perQuery[qi] != 1 {
 			t.Errorf("short query %d (4 pages) is cut into %d items, want 1", qi, perQuery[qi])
 		}
 	}
