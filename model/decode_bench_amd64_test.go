@@ -59,7 +59,7 @@ func BenchmarkDecodePageWarm(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		kern.loops = c.loops
+		kern.setLoops(c.loops)
 		b.Run(c.name, func(b *testing.B) {
 			b.SetBytes(int64(2 * ctx * cfg.HeadDim * 2))
 			peak := fmaPerNs()

@@ -108,6 +108,7 @@ type Kernel struct {
 	recent                     int
 	router                     Router
 	loops                      *kernels
+	pairQ                      bool      // decode tokens over bf16 pages take loops.decodePage
 	pool                       sync.Pool // of *kscratch
 	team                       team
 
@@ -145,7 +146,6 @@ func NewKernel(cfg Config, opts Options) (*Kernel, error) {
 		sparse: opts.Kernel == KernelBlockSparse,
 		recent: opts.Recent,
 		router: opts.Router,
-		loops:  defaultKernels(),
 	}
 	if k.recent == 0 {
 		k.recent = DefaultRecent
@@ -154,7 +154,9 @@ func NewKernel(cfg Config, opts Options) (*Kernel, error) {
 		k.router = BoundRouter{}
 	}
 	if opts.Scalar {
-		k.loops = goKernels
+		k.setLoops(goKernels)
+	} else {
+		k.setLoops(defaultKernels())
 	}
 	k.pool.New = func() any { return new(kscratch) }
 	k.team.linger = opts.Linger
@@ -162,6 +164,16 @@ func NewKernel(cfg Config, opts Options) (*Kernel, error) {
 		k.team.linger = DefaultLinger
 	}
 	return k, nil
+}
+
+// setLoops makes l the kernel's inner loops.
+func (k *Kernel) setLoops(l *kernels) {
+	k.loops = l
+	k.pairQ = false
+	if l.decodeQ != nil && l.decodePage != nil {
+		// Whether the routine takes a group's rows of this head_dim.
+		k.pairQ = l.decodeQ(make([]float32, decodeQLen(k.group)), make([]float32, k.group*k.dim), k.group, k.dim, 1)
+	}
 }
 
 // Options returns the kernel's options.
@@ -263,9 +275,7 @@ func (k *Kernel) Attend(qs ...Query) error {
 	}
 	p.build()
 	p.run(len(p.items), phaseItems)
-	for _, sp := range p.splits {
-		p.merge(sp)
-	}
+	p.run(len(p.splits), phaseMerge)
 	return nil
 }
 
@@ -305,6 +315,7 @@ const (
 	phaseSummaries = iota // bring each decode query's page summaries up to date
 	phaseRoute            // choose the pages of each decode (q, g)
 	phaseItems            // compute
+	phaseMerge            // merge the partial results of split (q, g)s
 )
 
 // decodeSparse reports whether query q of the plan is read block-sparse:
@@ -508,6 +519,8 @@ func (p *plan) work() {
 			p.summaries(i)
 		case phaseRoute:
 			p.routeOne(i, s)
+		case phaseMerge:
+			p.merge(p.splits[i])
 		default:
 			p.runItem(&p.items[i], s)
 		}
@@ -520,6 +533,8 @@ func (p *plan) count() int {
 		return len(p.qs)
 	case phaseRoute:
 		return len(p.qs) * p.k.kvHeads
+	case phaseMerge:
+		return len(p.splits)
 	}
 	return len(p.items)
 }
@@ -537,47 +552,67 @@ func (p *plan) runItem(it *item, s *kscratch) {
 	d, group, bt := k.dim, k.group, kv.BlockTokens
 	heads := it.heads
 	rows := (it.t1 - it.t0) * group // per head
-	s.q = resize(s.q, heads*rows*d)
-	for hi := range heads {
-		for i := it.t0; i < it.t1; i++ {
-			src := (i*k.heads + (it.g+hi)*group) * d
-			copy(s.q[(hi*rows+(i-it.t0)*group)*d:], qq.Q[src:src+group*d])
+	var q []float32                 // the rows of each head in turn, [heads][rows][d]
+	if it.t1-it.t0 == 1 {
+		// One token's rows of consecutive query heads lie together.
+		first := (it.t0*k.heads + it.g*group) * d
+		q = qq.Q[first : first+heads*rows*d]
+	} else {
+		s.q = resize(s.q, heads*rows*d)
+		for hi := range heads {
+			for i := it.t0; i < it.t1; i++ {
+				src := (i*k.heads + (it.g+hi)*group) * d
+				copy(s.q[(hi*rows+(i-it.t0)*group)*d:], qq.Q[src:src+group*d])
+			}
 		}
+		q = s.q
 	}
-	s.acc = resize(s.acc, heads*rows*d)
-	clear(s.acc)
-	s.m = resize(s.m, heads*rows)
-	s.l = resize(s.l, heads*rows)
-	clear(s.l)
-	for r := range s.m {
-		s.m[r] = float32(math.Inf(-1))
+	// The softmax state of a split item is kept in its partial slots
+	// (part + hi*pstride for head hi; rows == group), where the merge
+	// reads it.
+	acc, m, l := p.pacc, p.pm, p.pl
+	slotOf := func(hi int) int { return it.part + hi*it.pstride }
+	if it.part < 0 {
+		s.acc = resize(s.acc, heads*rows*d)
+		s.m = resize(s.m, heads*rows)
+		s.l = resize(s.l, heads*rows)
+		acc, m, l = s.acc, s.m, s.l
+		slotOf = func(hi int) int { return hi }
 	}
 	s.pm = resize(s.pm, rows)
 	s.s = resize(s.s, rows*bt)
 	// A decode token over bf16 pages goes through the one-call page
 	// routine where it takes the shape: q prepared once for all pages.
 	ql := 0
-	if it.t1-it.t0 == 1 && kv.DType == BF16 && k.loops.decodeQ != nil && k.loops.decodePage != nil {
+	if p.pairs(it.q) {
 		ql = decodeQLen(rows)
 		s.qp = resize(s.qp, heads*ql)
 		for hi := range heads {
-			if !k.loops.decodeQ(s.qp[hi*ql:(hi+1)*ql], s.q[hi*rows*d:(hi+1)*rows*d], rows, d, k.scale) {
-				ql = 0
-				break
+			if !k.loops.decodeQ(s.qp[hi*ql:(hi+1)*ql], q[hi*rows*d:(hi+1)*rows*d], rows, d, k.scale) {
+				panic("model: decodeQ refused the shape it took in NewKernel")
 			}
 		}
 	}
 	state := func(hi int) rowState {
+		sl := slotOf(hi)
 		st := rowState{
-			q:   s.q[hi*rows*d : (hi+1)*rows*d],
-			acc: s.acc[hi*rows*d : (hi+1)*rows*d],
-			m:   s.m[hi*rows : (hi+1)*rows],
-			l:   s.l[hi*rows : (hi+1)*rows],
+			q:   q[hi*rows*d : (hi+1)*rows*d],
+			acc: acc[sl*rows*d : (sl+1)*rows*d],
+			m:   m[sl*rows : (sl+1)*rows],
+			l:   l[sl*rows : (sl+1)*rows],
 		}
 		if ql > 0 {
 			st.qp = s.qp[hi*ql : (hi+1)*ql]
 		}
 		return st
+	}
+	for hi := range heads {
+		st := state(hi)
+		clear(st.acc)
+		clear(st.l)
+		for r := range st.m {
+			st.m[r] = float32(math.Inf(-1))
+		}
 	}
 	last := qq.Start + it.t1 - 1 // the last cache token any row sees
 	headBytes := bt * d * kv.DType.Size()
@@ -613,18 +648,11 @@ func (p *plan) runItem(it *item, s *kscratch) {
 		}
 		p.page(it, s, state(v.hi), it.g+v.hi, kv, v.pg, min(bt, last+1-v.pg*bt), rows, next)
 	}
+	if it.part >= 0 {
+		return // the merge finishes the rows
+	}
 	for hi := range heads {
 		st := state(hi)
-		if st.qp != nil {
-			fromPairOrder(st.acc)
-		}
-		if it.part >= 0 {
-			slot := it.part + hi*it.pstride
-			copy(p.pm[slot*group:], st.m[:group])
-			copy(p.pl[slot*group:], st.l[:group])
-			copy(p.pacc[slot*group*d:], st.acc[:group*d])
-			continue
-		}
 		for r := range rows {
 			i, h := it.t0+r/group, (it.g+hi)*group+r%group
 			out := qq.Out[(i*k.heads+h)*d:][:d]
@@ -632,8 +660,17 @@ func (p *plan) runItem(it *item, s *kscratch) {
 			for c, v := range st.acc[r*d : (r+1)*d] {
 				out[c] = v * inv
 			}
+			if ql > 0 {
+				fromPairOrder(out)
+			}
 		}
 	}
+}
+
+// pairs reports whether query q's item go through the one-call decode
+// page routine, and so keep their weighted sums in pair order.
+func (p *plan) pairs(q int) bool {
+	return p.k.pairQ && p.qs[q].KV.DType == BF16 && p.k.tokens(&p.qs[q]) == 1
 }
 
 // decodePages returns the page lists of decode query q (the first head's
@@ -737,6 +774,7 @@ func (p *plan) merge(sp split) {
 	k := p.k
 	d, group := k.dim, k.group
 	qq := &p.qs[sp.q]
+	pairs := p.pairs(sp.q) // the partial sums are in pair order
 	for r := range group {
 		out := qq.Out[(sp.g*group+r)*d:][:d]
 		mx := float32(math.Inf(-1))
@@ -756,6 +794,9 @@ func (p *plan) merge(sp split) {
 		}
 		if l > 0 { // every chunk holds a visible token, so always
 			scale(1/l, out)
+		}
+		if pairs {
+			fromPairOrder(out)
 		}
 	}
 }

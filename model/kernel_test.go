@@ -231,7 +231,7 @@ func TestKernelVectorMatchesGo(t *testing.T) {
 				if run.split {
 					split := *vec.loops
 					split.decodeQ, split.decodePage = nil, nil
-					vec.loops = &split
+					vec.setLoops(&split)
 				}
 				ref, _ := NewKernel(cfg, Options{Scalar: true})
 				if err := vec.Attend(q); err != nil {
