@@ -6,6 +6,7 @@ import (
 	"go.uber.org/goleak"
 )
 
-// TestMain fails the package if any test leaves a goroutine behind: the
-// kernel's workers must all have returned when Attend does.
+// TestMain fails the package if any test leaves a goroutine behind: a
+// kernel's helpers must have exited once their linger is over (goleak
+// retries for a while before it fails).
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

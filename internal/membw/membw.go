@@ -99,6 +99,35 @@ func Bandwidth(size int, workers int, minDuration time.Duration) float64 {
 // bytes/second at which workers goroutines running read over their shares
 // of the buffer get through it.
 func BandwidthOf(size int, workers int, minDuration time.Duration, read func([]byte) uint64) float64 {
+	p := NewPass(size, workers, read)
+	defer p.Close()
+	best := 0.0
+	for begin := time.Now(); ; {
+		best = max(best, p.Rate())
+		if time.Since(begin) >= minDuration && best > 0 {
+			return best
+		}
+	}
+}
+
+// A Pass is a buffer and the goroutines that read it, one share each, kept
+// for measuring the bandwidth again and again: next to each run of a
+// kernel, on a machine whose other tenants change what memory delivers
+// from one second to the next. Its methods must not be called
+// concurrently.
+type Pass struct {
+	size  int
+	read  func([]byte) uint64
+	start []chan struct{} // one per worker: read your share once
+	wg    sync.WaitGroup
+	sums  []uint64 // what each worker's reads returned, so that they are not elided
+}
+
+// NewPass allocates and touches a buffer of size bytes (at least 1) and
+// starts workers goroutines (at least 1) that read it with read, each its
+// own share of whole 64-byte lines where possible, at each call of Rate.
+// Close stops them.
+func NewPass(size, workers int, read func([]byte) uint64) *Pass {
 	size = max(size, 1)
 	workers = max(workers, 1)
 	buf := make([]byte, size)
@@ -108,51 +137,45 @@ func BandwidthOf(size int, workers int, minDuration time.Duration, read func([]b
 	for i := 0; i < len(buf); i += 4096 {
 		buf[i] = byte(i >> 12)
 	}
-	// Shares are whole 64-byte lines where possible.
+	p := &Pass{size: size, read: read}
 	share := (size/workers + 63) &^ 63
-	parts := make([][]byte, 0, workers)
 	for off := 0; off < size; off += share {
-		parts = append(parts, buf[off:min(off+share, size)])
-	}
-
-	var (
-		start = make([]chan struct{}, len(parts))
-		wg    sync.WaitGroup
-		sums  = make([]uint64, len(parts))
-	)
-	for i := range parts {
-		start[i] = make(chan struct{})
+		part := buf[off:min(off+share, size)]
+		i := len(p.start)
+		c := make(chan struct{})
+		p.start = append(p.start, c)
+		p.sums = append(p.sums, 0)
 		go func() {
-			for range start[i] {
-				sums[i] += read(parts[i])
-				wg.Done()
+			for range c {
+				p.sums[i] += p.read(part)
+				p.wg.Done()
 			}
 		}()
 	}
-	defer func() {
-		for _, c := range start {
-			close(c)
-		}
-	}()
+	return p
+}
 
-	best := 0.0
-	for begin := time.Now(); ; {
-		wg.Add(len(parts))
-		t0 := time.Now()
-		for _, c := range start {
-			c <- struct{}{}
-		}
-		wg.Wait()
-		if el := time.Since(t0).Seconds(); el > 0 {
-			best = max(best, float64(size)/el)
-		}
-		if time.Since(begin) >= minDuration && best > 0 {
-			break
-		}
+// Rate reads the whole buffer once and returns the rate in bytes/second,
+// timed from the workers' common start to the last one's end (0 if the
+// clock did not move).
+func (p *Pass) Rate() float64 {
+	p.wg.Add(len(p.start))
+	t0 := time.Now()
+	for _, c := range p.start {
+		c <- struct{}{}
 	}
-	runtime.KeepAlive(sums)
-	if math.IsInf(best, 0) {
+	p.wg.Wait()
+	el := time.Since(t0).Seconds()
+	if el <= 0 {
 		return 0
 	}
-	return best
+	return float64(p.size) / el
+}
+
+// Close stops the workers.
+func (p *Pass) Close() {
+	for _, c := range p.start {
+		close(c)
+	}
+	runtime.KeepAlive(p.sums)
 }

@@ -96,6 +96,33 @@ func TestBandwidthOf(t *testing.T) {
 	}
 }
 
+// TestPass checks that each Rate reads every byte of the buffer once,
+// split among the workers, and that Close stops them (goleak).
+func TestPass(t *testing.T) {
+	var (
+		mu    sync.Mutex
+		read  int
+		calls int
+	)
+	const size = 100001
+	p := NewPass(size, 3, func(b []byte) uint64 {
+		mu.Lock()
+		read += len(b)
+		calls++
+		mu.Unlock()
+		return 0
+	})
+	defer p.Close()
+	for pass := 1; pass <= 4; pass++ {
+		if r := p.Rate(); !(r > 0) || math.IsInf(r, 0) {
+			t.Errorf("pass %d: rate %v, want positive and finite", pass, r)
+		}
+		if read != pass*size || calls != pass*3 {
+			t.Fatalf("after %d passes: %d bytes in %d reads, want %d in %d", pass, read, calls, pass*size, pass*3)
+		}
+	}
+}
+
 func TestBandwidth(t *testing.T) {
 	for _, c := range []struct{ size, workers int }{{64 << 10, 1}, {100001, 2}, {10, 4}, {0, 0}} {
 		bw := Bandwidth(c.size, c.workers, time.Millisecond)
