@@ -191,15 +191,17 @@ func (k *Kernel) Loops() string { return k.loops.name }
 
 // kscratch is one worker's buffers.
 type kscratch struct {
-	q      []float32 // the item's query rows, [heads][rows][d]
-	qp     []float32 // q prepared for loops.decodePage, [heads][decodeQLen(rows)]
-	acc    []float32 // [heads][rows][d]
-	m, l   []float32 // running max and denominator, [heads][rows]
-	pm     []float32 // each row's max over the current page's scores
-	s      []float32 // scores then weights, [rows][BlockTokens]
-	kp, vp []float32 // decoded page rows when the page is not viewable in place
-	route  []float32 // router scores, [pages]
-	seq    []visit   // the item's (head, page) pairs in order
+	q      []float32  // the item's query rows, [heads][rows][d]
+	qp     []float32  // q prepared for loops.decodePage, [heads][decodeQLen(rows)]
+	acc    []float32  // [heads][rows][d]
+	m, l   []float32  // running max and denominator, [heads][rows]
+	pm     []float32  // each row's max over the current page's scores
+	s      []float32  // scores then weights, [rows][BlockTokens]
+	kp, vp []float32  // decoded page rows when the page is not viewable in place
+	route  []float32  // router scores, [pages]
+	seq    []visit    // the item's (head, page) pairs in order
+	states []rowState // the item's softmax state per head
+	runs   [][2]int   // the item's pages (or page list indices) per head
 }
 
 // item is a unit of work: the rows of new tokens [t0, t1) of query q that
@@ -606,6 +608,8 @@ func (p *plan) runItem(it *item, s *kscratch) {
 		}
 		return st
 	}
+	s.states, s.runs = s.states[:0], s.runs[:0]
+	longest := 0
 	for hi := range heads {
 		st := state(hi)
 		clear(st.acc)
@@ -613,28 +617,26 @@ func (p *plan) runItem(it *item, s *kscratch) {
 		for r := range st.m {
 			st.m[r] = float32(math.Inf(-1))
 		}
+		s.states = append(s.states, st)
+		p0, p1 := p.span(it, hi)
+		s.runs = append(s.runs, [2]int{p0, p1})
+		longest = max(longest, p1-p0)
 	}
 	last := qq.Start + it.t1 - 1 // the last cache token any row sees
 	headBytes := bt * d * kv.DType.Size()
 	s.seq = s.seq[:0]
-	for j := 0; ; j++ {
-		more := false
-		for hi := range heads {
-			p0, p1 := p.span(it, hi)
-			if p0+j >= p1 {
+	for j := range longest {
+		for hi, r := range s.runs {
+			if r[0]+j >= r[1] {
 				continue
 			}
-			more = true
-			pg := p0 + j
+			pg := r[0] + j
 			if it.list >= 0 {
 				pg = p.lists[it.list+hi][pg]
 			}
 			if pg*bt <= last {
 				s.seq = append(s.seq, visit{hi, pg})
 			}
-		}
-		if !more {
-			break
 		}
 	}
 	for i, v := range s.seq {
@@ -646,13 +648,23 @@ func (p *plan) runItem(it *item, s *kscratch) {
 			off := (it.g + nv.hi) * headBytes
 			next = kv.K[nv.pg][off : off+headBytes]
 		}
-		p.page(it, s, state(v.hi), it.g+v.hi, kv, v.pg, min(bt, last+1-v.pg*bt), rows, next)
+		st := &s.states[v.hi]
+		count := min(bt, last+1-v.pg*bt)
+		if st.qp != nil {
+			// A decode token sees every key of the page: one call.
+			off := (it.g + v.hi) * headBytes
+			kb := kv.K[v.pg][off : off+count*d*2]
+			vb := kv.V[v.pg][off : off+count*d*2]
+			k.loops.decodePage(st.qp, kb, vb, rows, count, d, s.s, st.m, st.l, st.acc, vb, next)
+			continue
+		}
+		p.page(it, s, st, it.g+v.hi, kv, v.pg, count, rows, next)
 	}
 	if it.part >= 0 {
 		return // the merge finishes the rows
 	}
 	for hi := range heads {
-		st := state(hi)
+		st := &s.states[hi]
 		for r := range rows {
 			i, h := it.t0+r/group, (it.g+hi)*group+r%group
 			out := qq.Out[(i*k.heads+h)*d:][:d]
@@ -702,20 +714,16 @@ func (p *plan) span(it *item, hi int) (p0, p1 int) {
 }
 
 // page folds count keys and values of page pg, KV head g, into the rows
-// of st. Row r (token it.t0 + r/group) sees the page's first
-// Start+token+1-first keys.
-func (p *plan) page(it *item, s *kscratch, st rowState, g int, kv *PagedKV, pg, count, rows int, next []byte) {
+// of st with the separate loops (scores, softmax, value sums): rows of
+// several tokens, or shapes the one-call decode routine does not take. Row
+// r (token it.t0 + r/group) sees the page's first Start+token+1-first keys.
+func (p *plan) page(it *item, s *kscratch, st *rowState, g int, kv *PagedKV, pg, count, rows int, next []byte) {
 	k := p.k
 	qq := &p.qs[it.q]
 	d, group, bt, size := k.dim, k.group, kv.BlockTokens, kv.DType.Size()
 	off := g * bt * d * size
 	kb := kv.K[pg][off : off+count*d*size]
 	vb := kv.V[pg][off : off+count*d*size]
-	if st.qp != nil {
-		// A decode token sees every key of the page.
-		k.loops.decodePage(st.qp, kb, vb, rows, count, d, s.s, st.m, st.l, st.acc, vb, next)
-		return
-	}
 	var vf []float32
 	var mx []float32 // each row's max over the page's count scores, if known
 	switch kv.DType {
@@ -790,7 +798,7 @@ func (p *plan) merge(sp split) {
 			}
 			w := float32(math.Exp(float64(p.pm[slot] - mx)))
 			l += p.pl[slot] * w
-			axpy(w, p.pacc[slot*d:(slot+1)*d], out)
+			k.loops.axpy(w, p.pacc[slot*d:(slot+1)*d], out)
 		}
 		if l > 0 { // every chunk holds a visible token, so always
 			scale(1/l, out)

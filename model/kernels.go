@@ -70,6 +70,9 @@ type kernels struct {
 	// prefetch asks for b to be brought into the caches ahead of use; a
 	// hint, a no-op where there is no instruction for it.
 	prefetch func(b []byte)
+	// axpy sets y[i] += a*x[i], len(x) >= len(y): the merge of a decode
+	// token's partial results.
+	axpy func(a float32, x, y []float32)
 }
 
 // goKernels is the pure Go set, always available.
@@ -82,6 +85,7 @@ var goKernels = &kernels{
 	expSum:     expSumGo,
 	maxF32:     maxF32Go,
 	prefetch:   func([]byte) {},
+	axpy:       axpy,
 }
 
 func maxF32Go(x []float32) float32 {

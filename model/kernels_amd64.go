@@ -26,7 +26,18 @@ func newAVX2Kernels(ok bool) *kernels {
 		prefetch:   prefetchSlice,
 		decodeQ:    decodeQAVX2,
 		decodePage: decodePageAVX2,
+		axpy:       axpySlice,
 	}
+}
+
+// axpySlice is axpy with the vector loop over the multiple-of-8 part.
+func axpySlice(a float32, x, y []float32) {
+	x = x[:len(y)]
+	n := len(y) &^ 7
+	if n > 0 {
+		axpyAVX2(&y[0], &x[0], n, a)
+	}
+	axpy(a, x[n:], y[n:])
 }
 
 // decodeQAVX2 prepares q for decodePageAVX2: nh a multiple of 4 and d a
@@ -42,7 +53,7 @@ func decodeQAVX2(qp, q []float32, nh, d int, scale float32) bool {
 	qa := alignedQ(qp)
 	_ = qa[nh*pairSlot-1]
 	for h := range nh {
-		toPairOrder(qa[(h+1)*pairSlot-d:(h+1)*pairSlot], q[h*d:(h+1)*d], scale)
+		toPairsAVX2(&qa[(h+1)*pairSlot-d], &q[h*d], d, scale)
 	}
 	return true
 }
@@ -368,6 +379,18 @@ func expSumAVX2(x *float32, n int, m float32) float32
 //
 //go:noescape
 func decodePageBF16H4(qp *float32, k *byte, v *byte, n int, d int, s *float32, m *float32, l *float32, acc *float32, pfA *byte, pfB *byte)
+
+// toPairsAVX2 sets dst[:n] to scale*src[:n] in pair order (each 16 floats
+// as the 8 even ones, then the 8 odd ones); n a positive multiple of 16.
+//
+//go:noescape
+func toPairsAVX2(dst *float32, src *float32, n int, scale float32)
+
+// axpyAVX2 sets y[i] += a*x[i] (one rounding) for i < n, a positive
+// multiple of 8.
+//
+//go:noescape
+func axpyAVX2(y *float32, x *float32, n int, a float32)
 
 // fmaPeakAVX2 runs n iterations of 12 independent 8-lane FMAs.
 //

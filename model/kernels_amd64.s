@@ -2964,6 +2964,76 @@ vsummed:
 	VZEROUPPER
 	RET
 
+// func toPairsAVX2(dst *float32, src *float32, n int, scale float32)
+// Requires: AVX, AVX2
+TEXT ·toPairsAVX2(SB), NOSPLIT, $0-28
+	MOVQ         dst+0(FP), AX
+	MOVQ         src+8(FP), CX
+	MOVQ         n+16(FP), DX
+	SHRQ         $0x04, DX
+	VBROADCASTSS scale+24(FP), Y0
+
+pairs:
+	VMOVUPS (CX), Y1
+	VMOVUPS 32(CX), Y2
+	VSHUFPS $0x88, Y2, Y1, Y3
+	VSHUFPS $0xdd, Y2, Y1, Y1
+	VPERMPD $0xd8, Y3, Y3
+	VPERMPD $0xd8, Y1, Y1
+	VMULPS  Y0, Y3, Y3
+	VMULPS  Y0, Y1, Y1
+	VMOVUPS Y3, (AX)
+	VMOVUPS Y1, 32(AX)
+	ADDQ    $0x40, CX
+	ADDQ    $0x40, AX
+	DECQ    DX
+	JNZ     pairs
+	VZEROUPPER
+	RET
+
+// func axpyAVX2(y *float32, x *float32, n int, a float32)
+// Requires: AVX, FMA3
+TEXT ·axpyAVX2(SB), NOSPLIT, $0-28
+	MOVQ         y+0(FP), AX
+	MOVQ         x+8(FP), CX
+	MOVQ         n+16(FP), DX
+	VBROADCASTSS a+24(FP), Y0
+
+axpy32:
+	CMPQ        DX, $0x20
+	JL          axpy8
+	VMOVUPS     (AX), Y1
+	VFMADD231PS (CX), Y0, Y1
+	VMOVUPS     Y1, (AX)
+	VMOVUPS     32(AX), Y1
+	VFMADD231PS 32(CX), Y0, Y1
+	VMOVUPS     Y1, 32(AX)
+	VMOVUPS     64(AX), Y1
+	VFMADD231PS 64(CX), Y0, Y1
+	VMOVUPS     Y1, 64(AX)
+	VMOVUPS     96(AX), Y1
+	VFMADD231PS 96(CX), Y0, Y1
+	VMOVUPS     Y1, 96(AX)
+	ADDQ        $0x80, CX
+	ADDQ        $0x80, AX
+	SUBQ        $0x20, DX
+	JMP         axpy32
+
+axpy8:
+	CMPQ        DX, $0x00
+	JE          axpyDone
+	VMOVUPS     (AX), Y1
+	VFMADD231PS (CX), Y0, Y1
+	VMOVUPS     Y1, (AX)
+	ADDQ        $0x20, CX
+	ADDQ        $0x20, AX
+	SUBQ        $0x08, DX
+	JMP         axpy8
+
+axpyDone:
+	VZEROUPPER
+	RET
+
 // func prefetchT0(p *byte, n int)
 // Requires: MMX+
 TEXT ·prefetchT0(SB), NOSPLIT, $0-16

@@ -454,3 +454,30 @@ func BenchmarkKernels(b *testing.B) {
 		})
 	}
 }
+
+// TestKernelsAxpy checks each set's axpy against float64 for lengths
+// around the vector widths, and that it writes only y[:len(y)].
+func TestKernelsAxpy(t *testing.T) {
+	r := kernelRand(t)
+	for _, ks := range testKernelSets(t) {
+		for n := range 70 {
+			a := float32(r.NormFloat64())
+			x := randF32(r, n+3)
+			y := randF32(r, n+1)
+			want := make([]float64, n)
+			for i := range want {
+				want[i] = float64(y[i]) + float64(a)*float64(x[i])
+			}
+			last := y[n]
+			ks.axpy(a, x, y[:n])
+			for i, w := range want {
+				if e := math.Abs(float64(y[i]) - w); e > 1e-6*(math.Abs(w)+math.Abs(float64(a*x[i]))) {
+					t.Fatalf("%s n=%d: y[%d] = %v, want %v", ks.name, n, i, y[i], w)
+				}
+			}
+			if y[n] != last {
+				t.Fatalf("%s n=%d: wrote past len(y)", ks.name, n)
+			}
+		}
+	}
+}

@@ -10,6 +10,10 @@ import (
 // call when Options.Linger is 0.
 const DefaultLinger = time.Millisecond
 
+// pollBatch is how many times an idle helper looks for a plan between
+// looks at the clock and yields to the scheduler.
+const pollBatch = 256
+
 // team is a Kernel's helper goroutines. They outlive a call by a short
 // spin, so that calls in quick succession (a decode step's layers, a
 // benchmark's loop) find them running: a goroutine started on an idle core
@@ -71,9 +75,16 @@ func (t *team) help() {
 		return ok
 	}
 	idle := time.Now()
-	for {
+	for poll := 1; ; poll++ {
 		if try() {
 			idle = time.Now()
+			continue
+		}
+		// The clock and the scheduler are looked at once every
+		// pollBatch polls (a few µs): a poll is two atomic loads,
+		// a look at the clock costs tens of them, and Gosched takes
+		// the scheduler's global lock.
+		if poll%pollBatch != 0 {
 			continue
 		}
 		if time.Since(idle) >= t.linger {
