@@ -110,6 +110,7 @@ type Kernel struct {
 	loops                      *kernels
 	pairQ                      bool      // decode tokens over bf16 pages take loops.decodePage
 	pool                       sync.Pool // of *kscratch
+	plans                      sync.Pool // of *plan
 	team                       team
 
 	// What decode tokens read, for Stats; updated once per Attend call.
@@ -159,6 +160,7 @@ func NewKernel(cfg Config, opts Options) (*Kernel, error) {
 		k.setLoops(defaultKernels())
 	}
 	k.pool.New = func() any { return new(kscratch) }
+	k.plans.New = func() any { return new(plan) }
 	k.team.linger = opts.Linger
 	if opts.Linger == 0 {
 		k.team.linger = DefaultLinger
@@ -265,12 +267,15 @@ func (k *Kernel) Attend(qs ...Query) error {
 			return err
 		}
 	}
-	p := planPool.Get().(*plan)
+	p := k.plans.Get().(*plan)
 	p.k, p.qs = k, append(p.qs[:0], qs...) // a copy, so that qs does not escape
 	defer func() {
 		clear(p.qs)
 		p.k = nil
-		planPool.Put(p)
+		// Helpers stop looking at the plan; it is this kernel's alone
+		// (its own pool), so they never join another kernel's call.
+		k.team.job.CompareAndSwap(p, nil)
+		k.plans.Put(p)
 	}()
 	if k.sparse {
 		p.route()
@@ -280,10 +285,6 @@ func (k *Kernel) Attend(qs ...Query) error {
 	p.run(len(p.splits), phaseMerge)
 	return nil
 }
-
-// planPool is shared by all kernels: a plan holds no kernel state between
-// calls.
-var planPool = sync.Pool{New: func() any { return new(plan) }}
 
 func (k *Kernel) check(q *Query) error {
 	hd := k.heads * k.dim
@@ -500,9 +501,11 @@ func (p *plan) run(n, phase int) {
 		return
 	}
 	p.open()
+	// Closed even if the caller's work panics (a Router's, say), so that
+	// no helper is inside when the plan is reused.
+	defer p.close()
 	p.k.team.call(p, w-1)
 	p.work()
-	p.close()
 }
 
 // work takes indices of the current phase until none is left.

@@ -119,8 +119,16 @@ const (
 // open lets helpers in. The plan must be fully built: joining orders a
 // helper's reads after it.
 func (g *gate) open() {
-	s := g.state.Load() // closed, nobody inside
-	g.state.Store((s&^(gateGen-1) + gateGen) | gateOpen)
+	for {
+		s := g.state.Load() // closed
+		n := s + gateGen
+		if n < gateGen {
+			n += gateGen // the numbers wrap past 0, which is no opening's
+		}
+		if g.state.CompareAndSwap(s, n|gateOpen) {
+			return
+		}
+	}
 }
 
 // join enters the gate if it is open, unless in opening skip (one the

@@ -2,6 +2,7 @@ package model
 
 import (
 	"math/rand/v2"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -94,7 +95,8 @@ func TestTeamConcurrentCalls(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	if k.team.joins.Load() == 0 {
+	// With one P a caller never yields while its plan is open.
+	if k.team.joins.Load() == 0 && runtime.GOMAXPROCS(0) > 1 {
 		t.Error("no helper joined any call")
 	}
 	waitNoHelpers(t, k)
@@ -128,6 +130,38 @@ func TestTeamLinger(t *testing.T) {
 			t.Errorf("helper exited %v after the call began, before its linger of %v", el, linger)
 		}
 	}
+}
+
+// TestTeamOwnKernel: one kernel's lingering helpers never join another
+// kernel's calls (one kernel per layer is the pipeline's pattern), whose
+// plans come from the other kernel's own pool.
+func TestTeamOwnKernel(t *testing.T) {
+	rng := rand.New(rand.NewPCG(runSeed(t), 13))
+	c := attendCases[2]
+	c.start = 1000 // pages enough to split among workers
+	q, _ := kernelInput(t, c, rng)
+	a, errA := NewKernel(c.config(), Options{Workers: 2, Linger: time.Second})
+	b, errB := NewKernel(c.config(), Options{Workers: 2, Linger: -1})
+	if errA != nil || errB != nil {
+		t.Fatal(errA, errB)
+	}
+	if err := a.Attend(q); err != nil {
+		t.Fatal(err)
+	}
+	joined := a.team.joins.Load()
+	for start := time.Now(); time.Since(start) < 200*time.Millisecond; {
+		if err := b.Attend(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := a.team.joins.Load() - joined; n != 0 {
+		t.Errorf("kernel a's helpers joined %d of kernel b's calls", n)
+	}
+	if a.team.live.Load() == 0 {
+		t.Error("kernel a's helper left before its linger: the check above proves nothing")
+	}
+	waitNoHelpers(t, a)
+	waitNoHelpers(t, b)
 }
 
 // waitNoHelpers fails t unless k's helpers have all exited within a few
