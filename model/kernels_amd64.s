@@ -3020,8 +3020,8 @@ axpy32:
 	JMP         axpy32
 
 axpy8:
-	CMPQ        DX, $0x00
-	JE          axpyDone
+	CMPQ        DX, $0x08
+	JL          axpyDone
 	VMOVUPS     (AX), Y1
 	VFMADD231PS (CX), Y0, Y1
 	VMOVUPS     Y1, (AX)

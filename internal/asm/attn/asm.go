@@ -64,13 +64,7 @@ func toPairs() {
 	sc := YMM()
 	VBROADCASTSS(addr(Param("scale")), sc)
 	Label("pairs")
-	a, b, e, o := YMM(), YMM(), YMM(), YMM()
-	VMOVUPS(Mem{Base: src}, a)
-	VMOVUPS(Mem{Base: src, Disp: 32}, b)
-	VSHUFPS(U8(0x88), b, a, e)
-	VSHUFPS(U8(0xdd), b, a, o)
-	VPERMPD(U8(0xd8), e, e)
-	VPERMPD(U8(0xd8), o, o)
+	e, o := evenOdd(Mem{Base: src})
 	VMULPS(sc, e, e)
 	VMULPS(sc, o, o)
 	VMOVUPS(e, Mem{Base: dst})
@@ -81,6 +75,20 @@ func toPairs() {
 	JNZ(LabelRef("pairs"))
 	VZEROUPPER()
 	RET()
+}
+
+// evenOdd loads the 16 floats at m and returns the 8 even ones and the 8
+// odd ones, in order: pair order.
+func evenOdd(m Mem) (e, o VecVirtual) {
+	a, b := YMM(), YMM()
+	e, o = YMM(), YMM()
+	VMOVUPS(m, a)
+	VMOVUPS(m.Offset(32), b)
+	VSHUFPS(U8(0x88), b, a, e)
+	VSHUFPS(U8(0xdd), b, a, o)
+	VPERMPD(U8(0xd8), e, e)
+	VPERMPD(U8(0xd8), o, o)
+	return e, o
 }
 
 // axpy generates axpyAVX2(y, x, n, a): y += a*x with one rounding (FMA),
@@ -94,30 +102,24 @@ func axpy() {
 	n := Load(Param("n"), GP64())
 	av := YMM()
 	VBROADCASTSS(addr(Param("a")), av)
-	Label("axpy32")
-	CMPQ(n, U8(32))
-	JL(LabelRef("axpy8"))
-	for j := range 4 {
-		t := YMM()
-		VMOVUPS(Mem{Base: y, Disp: 32 * j}, t)
-		VFMADD231PS(Mem{Base: x, Disp: 32 * j}, av, t)
-		VMOVUPS(t, Mem{Base: y, Disp: 32 * j})
+	// vecs YMMs at a time while n allows, then on to next.
+	loop := func(top, next string, vecs int) {
+		Label(top)
+		CMPQ(n, U8(8*vecs))
+		JL(LabelRef(next))
+		for j := range vecs {
+			t := YMM()
+			VMOVUPS(Mem{Base: y, Disp: 32 * j}, t)
+			VFMADD231PS(Mem{Base: x, Disp: 32 * j}, av, t)
+			VMOVUPS(t, Mem{Base: y, Disp: 32 * j})
+		}
+		ADDQ(U8(32*vecs), x)
+		ADDQ(U8(32*vecs), y)
+		SUBQ(U8(8*vecs), n)
+		JMP(LabelRef(top))
 	}
-	ADDQ(U8(128), x)
-	ADDQ(U8(128), y)
-	SUBQ(U8(32), n)
-	JMP(LabelRef("axpy32"))
-	Label("axpy8")
-	CMPQ(n, U8(0))
-	JE(LabelRef("axpyDone"))
-	t := YMM()
-	VMOVUPS(Mem{Base: y}, t)
-	VFMADD231PS(Mem{Base: x}, av, t)
-	VMOVUPS(t, Mem{Base: y})
-	ADDQ(U8(32), x)
-	ADDQ(U8(32), y)
-	SUBQ(U8(8), n)
-	JMP(LabelRef("axpy8"))
+	loop("axpy32", "axpy8", 4)
+	loop("axpy8", "axpyDone", 1)
 	Label("axpyDone")
 	VZEROUPPER()
 	RET()
@@ -530,13 +532,7 @@ func pairQ(qbuf Mem, heads, slot int) GPVirtual {
 		SHRQ(U8(4), cnt)
 		lbl := fmt.Sprintf("perm%d", h)
 		Label(lbl)
-		a, b, e, o := YMM(), YMM(), YMM(), YMM()
-		VMOVUPS(Mem{Base: q}, a)
-		VMOVUPS(Mem{Base: q, Disp: 32}, b)
-		VSHUFPS(U8(0x88), b, a, e)
-		VSHUFPS(U8(0xdd), b, a, o)
-		VPERMPD(U8(0xd8), e, e)
-		VPERMPD(U8(0xd8), o, o)
+		e, o := evenOdd(Mem{Base: q})
 		VMOVUPS(e, Mem{Base: dst})
 		VMOVUPS(o, Mem{Base: dst, Disp: 32})
 		ADDQ(U8(64), q)
