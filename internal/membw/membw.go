@@ -126,7 +126,7 @@ type Pass struct {
 	// what is measured is the memory, not the scheduler. Each worker
 	// counts itself ready, then spins until begun reaches the pass's number.
 	ready atomic.Int32
-	begun   atomic.Uint64
+	begun atomic.Uint64
 	wg    sync.WaitGroup
 	sums  []uint64 // what each worker's reads returned, so that they are not elided
 }
