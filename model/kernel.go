@@ -221,8 +221,14 @@ type item struct {
 	part, pstride int
 }
 
-// visit is one (head, page) of an item, in the order it reads them.
-type visit struct{ hi, pg int }
+// visit is one (head, page) of an item, in the order it reads them, with
+// the head's keys and values in the page (looked up as the visits are
+// listed, not between two calls of the page routine, where the page
+// tables have often left the caches).
+type visit struct {
+	hi, pg int
+	k, v   []byte
+}
 
 // rowState is the online softmax of the rows of one KV head of an item.
 type rowState struct {
@@ -638,7 +644,8 @@ func (p *plan) runItem(it *item, s *kscratch) {
 				pg = p.lists[it.list+hi][pg]
 			}
 			if pg*bt <= last {
-				s.seq = append(s.seq, visit{hi, pg})
+				off := (it.g + hi) * headBytes
+				s.seq = append(s.seq, visit{hi, pg, kv.K[pg][off : off+headBytes], kv.V[pg][off : off+headBytes]})
 			}
 		}
 	}
@@ -647,22 +654,21 @@ func (p *plan) runItem(it *item, s *kscratch) {
 		// is computed.
 		var next []byte
 		if i+1 < len(s.seq) {
-			nv := s.seq[i+1]
-			off := (it.g + nv.hi) * headBytes
-			next = kv.K[nv.pg][off : off+headBytes]
+			next = s.seq[i+1].k
 		}
 		st := &s.states[v.hi]
 		count := min(bt, last+1-v.pg*bt)
 		if st.qp != nil {
 			// A decode token sees every key of the page: one call.
-			off := (it.g + v.hi) * headBytes
-			kb := kv.K[v.pg][off : off+count*d*2]
-			vb := kv.V[v.pg][off : off+count*d*2]
+			kb, vb := v.k[:count*d*2], v.v[:count*d*2]
 			k.loops.decodePage(st.qp, kb, vb, rows, count, d, s.s, st.m, st.l, st.acc, vb, next)
 			continue
 		}
 		p.page(it, s, st, it.g+v.hi, kv, v.pg, count, rows, next)
 	}
+	// The pooled scratch must not keep the caller's pages alive.
+	defer clear(s.states)
+	clear(s.seq)
 	if it.part >= 0 {
 		return // the merge finishes the rows
 	}
