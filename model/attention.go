@@ -11,8 +11,10 @@ import (
 // the cache has too few pages for the tokens; PagedKV.Grow fixes it.
 var ErrShortKV = errors.New("KV cache pages do not cover the tokens")
 
-// maxTokens bounds sequence indices so that index arithmetic cannot overflow.
-const maxTokens = 1 << 40
+// maxTokens bounds sequence indices so that index arithmetic (tokens ×
+// hidden size) cannot overflow an int: 2^40 where ints have 64 bits, 2^18
+// where they have 32.
+const maxTokens = 1 << (18 + 22*(^uint(0)>>63))
 
 // Attention is one Qwen3-VL text-attention layer. It is immutable after
 // NewAttention, so Forward calls on distinct PagedKVs may run in parallel.
