@@ -222,9 +222,8 @@ type item struct {
 }
 
 // visit is one (head, page) of an item, in the order it reads them, with
-// the head's keys and values in the page (looked up as the visits are
-// listed, not between two calls of the page routine, where the page
-// tables have often left the caches).
+// the head's keys and values in the page, looked up once as the visits are
+// listed.
 type visit struct {
 	hi, pg int
 	k, v   []byte
