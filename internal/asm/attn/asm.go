@@ -989,10 +989,13 @@ func accumPairs() {
 	token(0)
 	token(1)
 	// One line of pfB per two tokens until its n*2*d bytes are asked for.
-	CMPQ(pf, pfEnd)
-	JAE(LabelRef("vprefetched"))
-	PREFETCHT0(Mem{Base: pf})
-	ADDQ(U8(64), pf)
+	nextLine := func(done string) {
+		CMPQ(pf, pfEnd)
+		JAE(LabelRef(done))
+		PREFETCHT0(Mem{Base: pf})
+		ADDQ(U8(64), pf)
+	}
+	nextLine("vprefetched")
 	Label("vprefetched")
 	LEAQ(Mem{Base: vp, Index: rowBytes, Scale: 2}, vp)
 	ADDQ(U8(32), pp)
@@ -1004,10 +1007,7 @@ func accumPairs() {
 	token(0)
 	// The odd last token asks for a line too, so that every block does
 	// ceil(n/2): d/16 blocks of them cover the n*2*d bytes.
-	CMPQ(pf, pfEnd)
-	JAE(LabelRef("vsummed"))
-	PREFETCHT0(Mem{Base: pf})
-	ADDQ(U8(64), pf)
+	nextLine("vsummed")
 	Label("vsummed")
 
 	MOVQ(ac, ah)
