@@ -21,6 +21,18 @@ import (
 // moves from page to page (the rescale of l and acc).
 func TestDecodePageMatchesReference(t *testing.T) {
 	ks := decodeLoops(t)
+	checkDecodePage(t, ks.decodeQ, func(qp []float32, kb, vb []byte, nh, n, d int, m, l, acc []float32) {
+		// Prefetch hints over real memory of the right size.
+		ks.decodePage(qp, kb, vb, nh, n, d, make([]float32, 4*n), m, l, acc, vb, kb)
+	})
+}
+
+// checkDecodePage runs the cases of TestDecodePageMatchesReference through
+// a page routine: prep prepares q, fold folds a page of n bf16 key and value
+// rows (keys in row layout) into m, l and acc (in pair order).
+func checkDecodePage(t *testing.T, prep func(qp, q []float32, nh, d int, scale float32) bool,
+	fold func(qp []float32, kb, vb []byte, nh, n, d int, m, l, acc []float32)) {
+	t.Helper()
 	r := kernelRand(t)
 	for _, c := range []struct {
 		nh, d int
@@ -39,7 +51,7 @@ func TestDecodePageMatchesReference(t *testing.T) {
 		t.Run(fmt.Sprintf("nh%d_d%d_n%v", c.nh, c.d, c.ns), func(t *testing.T) {
 			q := randF32(r, c.nh*c.d)
 			qp := make([]float32, decodeQLen(c.nh))
-			if !ks.decodeQ(qp, q, c.nh, c.d, c.scale) {
+			if !prep(qp, q, c.nh, c.d, c.scale) {
 				t.Fatalf("decodeQ refused nh=%d d=%d", c.nh, c.d)
 			}
 			m := make([]float32, c.nh)
@@ -63,9 +75,7 @@ func TestDecodePageMatchesReference(t *testing.T) {
 					binary.LittleEndian.PutUint16(kb[2*j:], h)
 					kf[j] = tensor.F32FromBF16(h)
 				}
-				s := make([]float32, 4*n)
-				// Prefetch hints over real memory of the right size.
-				ks.decodePage(qp, kb, vb, c.nh, n, c.d, s, m, l, acc, vb, kb)
+				fold(qp, kb, vb, c.nh, n, c.d, m, l, acc)
 				for t := range n {
 					keys = append(keys, kf[t*c.d:(t+1)*c.d])
 					vals = append(vals, vf[t*c.d:(t+1)*c.d])

@@ -380,6 +380,16 @@ func expSumAVX2(x *float32, n int, m float32) float32
 //go:noescape
 func decodePageBF16H4(qp *float32, k *byte, v *byte, n int, d int, s *float32, m *float32, l *float32, acc *float32, pfA *byte, pfB *byte)
 
+// decodePageTiledBF16H4 is decodePageBF16H4 over keys laid out in tiles of
+// 16 tokens (for each tile, each channel's 16 values together), with q in
+// channel order at the start of each slot, and s[:4*ceil(n/16)*16] as
+// scratch. No page format has such keys yet: BenchmarkDecodePageLayouts
+// measures what they would give (the horizontal sums of the scores go
+// away), and TestDecodePageTiled checks it against the row routine.
+//
+//go:noescape
+func decodePageTiledBF16H4(qp *float32, k *byte, v *byte, n int, d int, s *float32, m *float32, l *float32, acc *float32, pfA *byte, pfB *byte)
+
 // toPairsAVX2 sets dst[:n] to scale*src[:n] in pair order (each 16 floats
 // as the 8 even ones, then the 8 odd ones); n a positive multiple of 16.
 //

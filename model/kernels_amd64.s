@@ -2964,6 +2964,392 @@ vsummed:
 	VZEROUPPER
 	RET
 
+// func decodePageTiledBF16H4(qp *float32, k *byte, v *byte, n int, d int, s *float32, m *float32, l *float32, acc *float32, pfA *byte, pfB *byte)
+// Requires: AVX, AVX2, FMA3, MMX+
+TEXT ·decodePageTiledBF16H4(SB), NOSPLIT, $32-88
+	MOVQ qp+0(FP), AX
+	MOVQ k+8(FP), CX
+	MOVQ n+24(FP), DX
+	MOVQ s+40(FP), BX
+	MOVQ pfA+72(FP), SI
+	MOVQ d+32(FP), DI
+	SHLQ $0x02, DI
+
+tiles:
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	VXORPS Y4, Y4, Y4
+	VXORPS Y5, Y5, Y5
+	VXORPS Y6, Y6, Y6
+	VXORPS Y7, Y7, Y7
+	XORQ   R8, R8
+
+chans:
+	VMOVDQU        (CX)(R8*8), Y8
+	VPSLLD         $0x10, Y8, Y9
+	VPAND          attn_pair_mask<>+0(SB), Y8, Y8
+	VBROADCASTSS   (AX)(R8*1), Y10
+	VFMADD231PS    Y9, Y10, Y0
+	VFMADD231PS    Y8, Y10, Y1
+	VBROADCASTSS   1024(AX)(R8*1), Y10
+	VFMADD231PS    Y9, Y10, Y2
+	VFMADD231PS    Y8, Y10, Y3
+	VBROADCASTSS   2048(AX)(R8*1), Y10
+	VFMADD231PS    Y9, Y10, Y4
+	VFMADD231PS    Y8, Y10, Y5
+	VBROADCASTSS   3072(AX)(R8*1), Y10
+	VFMADD231PS    Y9, Y10, Y6
+	VFMADD231PS    Y8, Y10, Y7
+	VMOVDQU        32(CX)(R8*8), Y8
+	VPSLLD         $0x10, Y8, Y9
+	VPAND          attn_pair_mask<>+0(SB), Y8, Y8
+	VBROADCASTSS   4(AX)(R8*1), Y10
+	VFMADD231PS    Y9, Y10, Y0
+	VFMADD231PS    Y8, Y10, Y1
+	VBROADCASTSS   1028(AX)(R8*1), Y10
+	VFMADD231PS    Y9, Y10, Y2
+	VFMADD231PS    Y8, Y10, Y3
+	VBROADCASTSS   2052(AX)(R8*1), Y10
+	VFMADD231PS    Y9, Y10, Y4
+	VFMADD231PS    Y8, Y10, Y5
+	VBROADCASTSS   3076(AX)(R8*1), Y10
+	VFMADD231PS    Y9, Y10, Y6
+	VFMADD231PS    Y8, Y10, Y7
+	PREFETCHT0     (SI)
+	ADDQ           $0x40, SI
+	ADDQ           $0x08, R8
+	CMPQ           R8, DI
+	JL             chans
+	VUNPCKLPS      Y2, Y0, Y8
+	VUNPCKHPS      Y2, Y0, Y0
+	VUNPCKLPS      Y6, Y4, Y2
+	VUNPCKHPS      Y6, Y4, Y4
+	VUNPCKLPD      Y2, Y8, Y6
+	VUNPCKHPD      Y2, Y8, Y2
+	VUNPCKLPD      Y4, Y0, Y8
+	VUNPCKHPD      Y4, Y0, Y0
+	VUNPCKLPS      Y3, Y1, Y4
+	VUNPCKHPS      Y3, Y1, Y1
+	VUNPCKLPS      Y7, Y5, Y3
+	VUNPCKHPS      Y7, Y5, Y5
+	VUNPCKLPD      Y3, Y4, Y7
+	VUNPCKHPD      Y3, Y4, Y3
+	VUNPCKLPD      Y5, Y1, Y4
+	VUNPCKHPD      Y5, Y1, Y1
+	VPERM2F128     $0x20, Y7, Y6, Y5
+	VPERM2F128     $0x31, Y7, Y6, Y6
+	VMOVUPS        Y5, (BX)
+	VMOVUPS        Y6, 128(BX)
+	VPERM2F128     $0x20, Y3, Y2, Y5
+	VPERM2F128     $0x31, Y3, Y2, Y2
+	VMOVUPS        Y5, 32(BX)
+	VMOVUPS        Y2, 160(BX)
+	VPERM2F128     $0x20, Y4, Y8, Y2
+	VPERM2F128     $0x31, Y4, Y8, Y3
+	VMOVUPS        Y2, 64(BX)
+	VMOVUPS        Y3, 192(BX)
+	VPERM2F128     $0x20, Y1, Y0, Y2
+	VPERM2F128     $0x31, Y1, Y0, Y0
+	VMOVUPS        Y2, 96(BX)
+	VMOVUPS        Y0, 224(BX)
+	ADDQ           $0x00000100, BX
+	LEAQ           (CX)(DI*8), CX
+	SUBQ           $0x10, DX
+	JG             tiles
+	MOVQ           m+48(FP), AX
+	VBROADCASTF128 (AX), Y0
+	MOVQ           s+40(FP), AX
+	MOVQ           n+24(FP), CX
+
+maxpairs:
+	CMPQ    CX, $0x02
+	JL      maxlast
+	VMOVUPS (AX), Y1
+	VMAXPS  Y0, Y1, Y0
+	ADDQ    $0x20, AX
+	SUBQ    $0x02, CX
+	JMP     maxpairs
+
+maxlast:
+	CMPQ           CX, $0x00
+	JE             maxed
+	VBROADCASTF128 (AX), Y1
+	VMAXPS         Y0, Y1, Y0
+
+maxed:
+	VEXTRACTF128   $0x01, Y0, X1
+	VMAXPS         X1, X0, X0
+	VMOVUPS        X0, (SP)
+	VMOVUPS        attn_exp_consts<>+0(SB), Y0
+	VMOVUPS        attn_exp_consts<>+32(SB), Y1
+	VMOVUPS        attn_exp_consts<>+320(SB), Y2
+	VMOVDQU        attn_exp_consts<>+352(SB), Y3
+	MOVQ           m+48(FP), AX
+	VBROADCASTF128 (SP), Y4
+	VBROADCASTF128 (AX), Y5
+	VMOVUPS        X4, (AX)
+	VSUBPS         Y4, Y5, Y5
+	VCMPPS         $0x1d, Y0, Y5, Y6
+	VMAXPS         Y0, Y5, Y5
+	VMULPS         Y1, Y5, Y7
+	VROUNDPS       $0x08, Y7, Y7
+	VFNMADD231PS   attn_exp_consts<>+64(SB), Y7, Y5
+	VFNMADD231PS   attn_exp_consts<>+96(SB), Y7, Y5
+	VMOVUPS        attn_exp_consts<>+128(SB), Y8
+	VFMADD213PS    attn_exp_consts<>+160(SB), Y5, Y8
+	VFMADD213PS    attn_exp_consts<>+192(SB), Y5, Y8
+	VFMADD213PS    attn_exp_consts<>+224(SB), Y5, Y8
+	VFMADD213PS    attn_exp_consts<>+256(SB), Y5, Y8
+	VFMADD213PS    attn_exp_consts<>+288(SB), Y5, Y8
+	VMULPS         Y5, Y5, Y9
+	VFMADD213PS    Y5, Y9, Y8
+	VADDPS         Y2, Y8, Y8
+	VCVTPS2DQ      Y7, Y5
+	VPADDD         Y3, Y5, Y5
+	VPSLLD         $0x17, Y5, Y5
+	VMULPS         Y5, Y8, Y8
+	VANDPS         Y6, Y8, Y8
+	MOVQ           l+56(FP), AX
+	VMULPS         (AX), X8, X5
+	VCMPPS         $0x00, Y2, Y8, Y6
+	VMOVMSKPS      X6, AX
+	CMPL           AX, $0x0f
+	JE             weights
+	VMOVUPS        X8, 16(SP)
+	MOVQ           acc+64(FP), AX
+	MOVQ           d+32(FP), CX
+	VBROADCASTSS   16(SP), Y6
+	MOVQ           CX, DX
+	SHRQ           $0x03, DX
+
+rescale0:
+	VMULPS       (AX), Y6, Y7
+	VMOVUPS      Y7, (AX)
+	ADDQ         $0x20, AX
+	DECQ         DX
+	JNZ          rescale0
+	VBROADCASTSS 20(SP), Y6
+	MOVQ         CX, DX
+	SHRQ         $0x03, DX
+
+rescale1:
+	VMULPS       (AX), Y6, Y7
+	VMOVUPS      Y7, (AX)
+	ADDQ         $0x20, AX
+	DECQ         DX
+	JNZ          rescale1
+	VBROADCASTSS 24(SP), Y6
+	MOVQ         CX, DX
+	SHRQ         $0x03, DX
+
+rescale2:
+	VMULPS       (AX), Y6, Y7
+	VMOVUPS      Y7, (AX)
+	ADDQ         $0x20, AX
+	DECQ         DX
+	JNZ          rescale2
+	VBROADCASTSS 28(SP), Y6
+	SHRQ         $0x03, CX
+
+rescale3:
+	VMULPS  (AX), Y6, Y7
+	VMOVUPS Y7, (AX)
+	ADDQ    $0x20, AX
+	DECQ    CX
+	JNZ     rescale3
+
+weights:
+	MOVQ   s+40(FP), AX
+	MOVQ   n+24(FP), CX
+	VXORPS Y6, Y6, Y6
+
+pairs:
+	CMPQ         CX, $0x02
+	JL           last
+	VMOVUPS      (AX), Y7
+	VSUBPS       Y4, Y7, Y7
+	VCMPPS       $0x1d, Y0, Y7, Y8
+	VMAXPS       Y0, Y7, Y7
+	VMULPS       Y1, Y7, Y9
+	VROUNDPS     $0x08, Y9, Y9
+	VFNMADD231PS attn_exp_consts<>+64(SB), Y9, Y7
+	VFNMADD231PS attn_exp_consts<>+96(SB), Y9, Y7
+	VMOVUPS      attn_exp_consts<>+128(SB), Y10
+	VFMADD213PS  attn_exp_consts<>+160(SB), Y7, Y10
+	VFMADD213PS  attn_exp_consts<>+192(SB), Y7, Y10
+	VFMADD213PS  attn_exp_consts<>+224(SB), Y7, Y10
+	VFMADD213PS  attn_exp_consts<>+256(SB), Y7, Y10
+	VFMADD213PS  attn_exp_consts<>+288(SB), Y7, Y10
+	VMULPS       Y7, Y7, Y11
+	VFMADD213PS  Y7, Y11, Y10
+	VADDPS       Y2, Y10, Y10
+	VCVTPS2DQ    Y9, Y7
+	VPADDD       Y3, Y7, Y7
+	VPSLLD       $0x17, Y7, Y7
+	VMULPS       Y7, Y10, Y10
+	VANDPS       Y8, Y10, Y10
+	VMOVUPS      Y10, (AX)
+	VADDPS       Y10, Y6, Y6
+	ADDQ         $0x20, AX
+	SUBQ         $0x02, CX
+	JMP          pairs
+
+last:
+	CMPQ           CX, $0x00
+	JE             summed
+	VBROADCASTF128 (AX), Y7
+	VSUBPS         Y4, Y7, Y7
+	VCMPPS         $0x1d, Y0, Y7, Y4
+	VMAXPS         Y0, Y7, Y7
+	VMULPS         Y1, Y7, Y0
+	VROUNDPS       $0x08, Y0, Y0
+	VFNMADD231PS   attn_exp_consts<>+64(SB), Y0, Y7
+	VFNMADD231PS   attn_exp_consts<>+96(SB), Y0, Y7
+	VMOVUPS        attn_exp_consts<>+128(SB), Y1
+	VFMADD213PS    attn_exp_consts<>+160(SB), Y7, Y1
+	VFMADD213PS    attn_exp_consts<>+192(SB), Y7, Y1
+	VFMADD213PS    attn_exp_consts<>+224(SB), Y7, Y1
+	VFMADD213PS    attn_exp_consts<>+256(SB), Y7, Y1
+	VFMADD213PS    attn_exp_consts<>+288(SB), Y7, Y1
+	VMULPS         Y7, Y7, Y8
+	VFMADD213PS    Y7, Y8, Y1
+	VADDPS         Y2, Y1, Y1
+	VCVTPS2DQ      Y0, Y0
+	VPADDD         Y3, Y0, Y0
+	VPSLLD         $0x17, Y0, Y0
+	VMULPS         Y0, Y1, Y1
+	VANDPS         Y4, Y1, Y1
+	VMOVUPS        X1, (AX)
+	VXORPS         Y0, Y0, Y0
+	VBLENDPS       $0x0f, Y1, Y0, Y0
+	VADDPS         Y0, Y6, Y6
+
+summed:
+	VEXTRACTF128 $0x01, Y6, X0
+	VADDPS       X0, X6, X0
+	VADDPS       X0, X5, X5
+	MOVQ         l+56(FP), AX
+	VMOVUPS      X5, (AX)
+	MOVQ         acc+64(FP), AX
+	MOVQ         v+16(FP), CX
+	MOVQ         d+32(FP), DX
+	MOVQ         DX, BX
+	SHLQ         $0x01, BX
+	MOVQ         DX, SI
+	SHLQ         $0x02, SI
+	SHRQ         $0x04, DX
+	MOVQ         pfB+80(FP), DI
+	MOVQ         n+24(FP), R8
+	IMULQ        BX, R8
+	LEAQ         (DI)(R8*1), R8
+	VMOVDQU      attn_pair_mask<>+0(SB), Y0
+
+vblock:
+	MOVQ    AX, R9
+	VMOVUPS (R9), Y1
+	VMOVUPS 32(R9), Y2
+	ADDQ    SI, R9
+	VMOVUPS (R9), Y3
+	VMOVUPS 32(R9), Y4
+	ADDQ    SI, R9
+	VMOVUPS (R9), Y5
+	VMOVUPS 32(R9), Y6
+	ADDQ    SI, R9
+	VMOVUPS (R9), Y7
+	VMOVUPS 32(R9), Y8
+	MOVQ    s+40(FP), R9
+	MOVQ    n+24(FP), R10
+	MOVQ    CX, R11
+
+vtokens:
+	CMPQ         R10, $0x02
+	JL           vlast
+	VMOVDQU      (R11), Y10
+	VPSLLD       $0x10, Y10, Y9
+	VPAND        Y0, Y10, Y10
+	VBROADCASTSS (R9), Y11
+	VFMADD231PS  Y9, Y11, Y1
+	VFMADD231PS  Y10, Y11, Y2
+	VBROADCASTSS 4(R9), Y11
+	VFMADD231PS  Y9, Y11, Y3
+	VFMADD231PS  Y10, Y11, Y4
+	VBROADCASTSS 8(R9), Y11
+	VFMADD231PS  Y9, Y11, Y5
+	VFMADD231PS  Y10, Y11, Y6
+	VBROADCASTSS 12(R9), Y11
+	VFMADD231PS  Y9, Y11, Y7
+	VFMADD231PS  Y10, Y11, Y8
+	VMOVDQU      (R11)(BX*1), Y10
+	VPSLLD       $0x10, Y10, Y9
+	VPAND        Y0, Y10, Y10
+	VBROADCASTSS 16(R9), Y11
+	VFMADD231PS  Y9, Y11, Y1
+	VFMADD231PS  Y10, Y11, Y2
+	VBROADCASTSS 20(R9), Y11
+	VFMADD231PS  Y9, Y11, Y3
+	VFMADD231PS  Y10, Y11, Y4
+	VBROADCASTSS 24(R9), Y11
+	VFMADD231PS  Y9, Y11, Y5
+	VFMADD231PS  Y10, Y11, Y6
+	VBROADCASTSS 28(R9), Y11
+	VFMADD231PS  Y9, Y11, Y7
+	VFMADD231PS  Y10, Y11, Y8
+	CMPQ         DI, R8
+	JAE          vprefetched
+	PREFETCHT0   (DI)
+	ADDQ         $0x40, DI
+
+vprefetched:
+	LEAQ (R11)(BX*2), R11
+	ADDQ $0x20, R9
+	SUBQ $0x02, R10
+	JMP  vtokens
+
+vlast:
+	CMPQ         R10, $0x00
+	JE           vsummed
+	VMOVDQU      (R11), Y10
+	VPSLLD       $0x10, Y10, Y9
+	VPAND        Y0, Y10, Y10
+	VBROADCASTSS (R9), Y11
+	VFMADD231PS  Y9, Y11, Y1
+	VFMADD231PS  Y10, Y11, Y2
+	VBROADCASTSS 4(R9), Y11
+	VFMADD231PS  Y9, Y11, Y3
+	VFMADD231PS  Y10, Y11, Y4
+	VBROADCASTSS 8(R9), Y11
+	VFMADD231PS  Y9, Y11, Y5
+	VFMADD231PS  Y10, Y11, Y6
+	VBROADCASTSS 12(R9), Y11
+	VFMADD231PS  Y9, Y11, Y7
+	VFMADD231PS  Y10, Y11, Y8
+	CMPQ         DI, R8
+	JAE          vsummed
+	PREFETCHT0   (DI)
+	ADDQ         $0x40, DI
+
+vsummed:
+	MOVQ    AX, R9
+	VMOVUPS Y1, (R9)
+	VMOVUPS Y2, 32(R9)
+	ADDQ    SI, R9
+	VMOVUPS Y3, (R9)
+	VMOVUPS Y4, 32(R9)
+	ADDQ    SI, R9
+	VMOVUPS Y5, (R9)
+	VMOVUPS Y6, 32(R9)
+	ADDQ    SI, R9
+	VMOVUPS Y7, (R9)
+	VMOVUPS Y8, 32(R9)
+	ADDQ    $0x40, AX
+	ADDQ    $0x20, CX
+	DECQ    DX
+	JNZ     vblock
+	VZEROUPPER
+	RET
+
 // func toPairsAVX2(dst *float32, src *float32, n int, scale float32)
 // Requires: AVX, AVX2
 TEXT ·toPairsAVX2(SB), NOSPLIT, $0-28

@@ -41,7 +41,8 @@ func main() {
 		}
 	}
 	expSum(consts)
-	decodePage(consts)
+	decodePage(consts, false)
+	decodePage(consts, true)
 	toPairs()
 	axpy()
 	prefetch()
@@ -779,13 +780,23 @@ func accumRows(bf16, perHead bool, heads int, widths []int, pAt func(pp Register
 // of the value rows (accumPairs, prefetching pfB). The scores live in s as [n][4] floats, so
 // a row's four heads are one XMM store and the exponentials run 8 lanes
 // (two rows) at a time.
-func decodePage(c expConsts) {
-	TEXT("decodePageBF16H4", NOSPLIT, "func(qp *float32, k, v *byte, n, d int, s, m, l, acc *float32, pfA, pfB *byte)")
-	Doc("decodePageBF16H4 folds the n keys and values of a bf16 page (rows of d) into",
-		"the running max m[h], denominator l[h] and weighted sum acc[h*d:(h+1)*d] of",
-		"query heads h < 4, using s[:4*n] as scratch. qp (64-byte aligned) holds each",
-		fmt.Sprintf("head's q, scaled, in pair order at the end of a slot of %d floats; acc is", pairMaxD),
-		fmt.Sprintf("in pair order. n > 0, d > 0, d%%16 == 0, d <= %d; it prefetches n*2*d bytes at pfA and pfB.", pairMaxD))
+// decodePage generates decodePageBF16H4, or with tiled
+// decodePageTiledBF16H4: the same fold over keys laid out in tiles of 16
+// tokens (see tiledRows), which needs no horizontal sums.
+func decodePage(c expConsts, tiled bool) {
+	name := "decodePageBF16H4"
+	keys, qlay, s4 := "rows of d", "in pair order at the end", "s[:4*n]"
+	if tiled {
+		name = "decodePageTiledBF16H4"
+		keys, qlay, s4 = "d channels of 16 tokens", "in channel order at the start", "s[:4*ceil(n/16)*16]"
+	}
+	TEXT(name, NOSPLIT, "func(qp *float32, k, v *byte, n, d int, s, m, l, acc *float32, pfA, pfB *byte)")
+	Doc(fmt.Sprintf("%s folds the n keys (tiles of %s) and values (rows of d) of a", name, keys),
+		"bf16 page into the running max m[h], denominator l[h] and weighted sum",
+		fmt.Sprintf("acc[h*d:(h+1)*d] of query heads h < 4, using %s as scratch. qp", s4),
+		fmt.Sprintf("(64-byte aligned) holds each head's q, scaled, %s of a slot", qlay),
+		fmt.Sprintf("of %d floats; acc is in pair order. n > 0, d > 0, d%%16 == 0, d <= %d;", pairMaxD, pairMaxD),
+		"it prefetches n*2*d bytes at pfA and pfB.")
 	const heads = 4
 	slot := 4 * pairMaxD
 	// 16 bytes of running max and 16 of the correction factors.
@@ -799,10 +810,14 @@ func decodePage(c expConsts) {
 	// A row's scores are one store, with no chain from row to row (a
 	// running max kept in memory made one, whose latency held up
 	// retirement at the end of each block of rows).
-	sp := Load(Param("s"), GP64())
-	pairRows(heads, 3, slot, qb, true, true, func(j int, sv VecVirtual) {
-		VMOVUPS(sv, Mem{Base: sp, Disp: 16 * j})
-	}, func(r int) { ADDQ(U8(16*r), sp) })
+	if tiled {
+		tiledRows(slot, qb)
+	} else {
+		sp := Load(Param("s"), GP64())
+		pairRows(heads, 3, slot, qb, true, true, func(j int, sv VecVirtual) {
+			VMOVUPS(sv, Mem{Base: sp, Disp: 16 * j})
+		}, func(r int) { ADDQ(U8(16*r), sp) })
+	}
 
 	// The new max, from m and the scores, two rows at a time.
 	mp := Load(Param("m"), GP64())
@@ -1187,4 +1202,85 @@ func expSum(c expConsts) {
 	VMOVSS(s, addr(ReturnIndex(0)))
 	VZEROUPPER()
 	RET()
+}
+
+// tiledRows emits the key loops of decodePageTiledBF16H4 over Param "k"
+// laid out in tiles of 16 tokens: for each tile, for each channel c < d,
+// the 16 tokens' bf16 values (32 bytes). One load gives a channel of 8 even
+// and 8 odd tokens (a shift and a mask, as in pairRows), multiplied by the
+// channel of q broadcast, so the lanes are tokens and a score needs no
+// horizontal sum: with rows, those sums are about 13% of the routine's
+// cycles. The scores are stored to Param "s" as s[4t+h], as pairRows
+// leaves them, for ceil(n/16)*16 tokens. It prefetches Param "pfA" a line
+// per 64 bytes of keys.
+func tiledRows(slot int, qb Register) {
+	const heads = 4
+	kt := Load(Param("k"), GP64())
+	n := Load(Param("n"), GP64())
+	sp := Load(Param("s"), GP64())
+	pfA := Load(Param("pfA"), GP64())
+	d4 := Load(Param("d"), GP64())
+	SHLQ(U8(2), d4) // 4*d: the loop index runs over c*4
+	mask := mkMask()
+	Label("tiles")
+	acc := make([][2]VecVirtual, heads)
+	for h := range acc {
+		for j := range 2 {
+			acc[h][j] = YMM()
+			VXORPS(acc[h][j], acc[h][j], acc[h][j])
+		}
+	}
+	i := GP64()
+	XORQ(i, i)
+	Label("chans")
+	for u := range 2 {
+		x, e := YMM(), YMM()
+		VMOVDQU(Mem{Base: kt, Index: i, Scale: 8, Disp: 32 * u}, x)
+		VPSLLD(U8(16), x, e)
+		VPAND(mask, x, x)
+		for h := range heads {
+			b := YMM()
+			VBROADCASTSS(Mem{Base: qb, Index: i, Scale: 1, Disp: h*slot + 4*u}, b)
+			VFMADD231PS(e, b, acc[h][0])
+			VFMADD231PS(x, b, acc[h][1])
+		}
+	}
+	PREFETCHT0(Mem{Base: pfA})
+	ADDQ(U8(64), pfA)
+	ADDQ(U8(8), i)
+	CMPQ(i, d4)
+	JL(LabelRef("chans"))
+
+	// 4x4 transposes within each 128-bit lane: X[p][j] holds the 4 heads'
+	// scores of lanes j and j+4 of parity p.
+	var X [2][4]VecVirtual
+	for p := range 2 {
+		a, b, c2, d := YMM(), YMM(), YMM(), YMM()
+		VUNPCKLPS(acc[1][p], acc[0][p], a)
+		VUNPCKHPS(acc[1][p], acc[0][p], b)
+		VUNPCKLPS(acc[3][p], acc[2][p], c2)
+		VUNPCKHPS(acc[3][p], acc[2][p], d)
+		for j := range 4 {
+			X[p][j] = YMM()
+		}
+		VUNPCKLPD(c2, a, X[p][0])
+		VUNPCKHPD(c2, a, X[p][1])
+		VUNPCKLPD(d, b, X[p][2])
+		VUNPCKHPD(d, b, X[p][3])
+	}
+	// Lane j of parity p is token 2j+p of the tile: lanes j and j+4 are
+	// tokens 2j+p and 2j+p+8, so each pair of X makes two 32-byte stores
+	// of two tokens' 4 scores.
+	for j := range 4 {
+		lo, hi := YMM(), YMM()
+		VPERM2F128(U8(0x20), X[1][j], X[0][j], lo)
+		VPERM2F128(U8(0x31), X[1][j], X[0][j], hi)
+		VMOVUPS(lo, Mem{Base: sp, Disp: 16 * 2 * j})
+		VMOVUPS(hi, Mem{Base: sp, Disp: 16 * (2*j + 8)})
+	}
+	ADDQ(U32(16*16), sp)
+	// Next tile: 16 tokens of d channels, 32*d bytes.
+	LEAQ(Mem{Base: kt, Index: d4, Scale: 8}, kt)
+	SUBQ(U8(16), n)
+	JG(LabelRef("tiles"))
 }
