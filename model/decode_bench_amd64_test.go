@@ -108,31 +108,38 @@ func BenchmarkDecodePageCalls(b *testing.B) {
 		}
 	})
 	b.Run("memory", func(b *testing.B) {
-		pages := (512 << 20) / (2 * page * heads)
-		slab := make([]byte, pages*2*page*heads)
-		hugepage.Advise(slab)
-		blk, _ := randBF16(r, 1<<19)
-		for i := 0; i < len(slab); i += len(blk) {
-			copy(slab[i:], blk)
-		}
-		at := func(p, kv, g int) []byte {
-			o := ((2*p+kv)*heads + g) * page
-			return slab[o : o+page]
-		}
+		visit := pageSlab(r, heads, page, runtime.GOMAXPROCS(0))
 		var next atomic.Int64
 		b.SetBytes(2 * page)
 		b.ResetTimer()
 		b.RunParallel(func(pb *testing.PB) {
-			workers := runtime.GOMAXPROCS(0)
-			w := int(next.Add(1)-1) % workers
-			span := pages / workers * heads // (page, head) visits in this worker's share
+			w := int(next.Add(1)-1) % runtime.GOMAXPROCS(0)
 			qp, s, m, l, acc := newState(rand.New(rand.NewPCG(uint64(w), 7)))
 			for i := 0; pb.Next(); i++ {
-				j := w*span + i%span
-				nx := w*span + (i+1)%span
-				v := at(j/heads, 1, j%heads)
-				decodePageAVX2(qp, at(j/heads, 0, j%heads), v, 4, n, d, s, m, l, acc, v, at(nx/heads, 0, nx%heads))
+				v := visit(w, i, 1)
+				decodePageAVX2(qp, visit(w, i, 0), v, 4, n, d, s, m, l, acc, v, visit(w, i+1, 0))
 			}
 		})
 	})
+}
+
+// pageSlab fills 512 MiB with random bf16 pages laid out as a pipeline's
+// (heads KV heads of page bytes each per page, keys and values in pages of
+// their own) and returns visit: the keys (kv 0) or values (kv 1) of the
+// i-th (page, head) visit of worker w of workers, each worker walking its
+// own share page by page and head by head, as decode items do.
+func pageSlab(r *rand.Rand, heads, page, workers int) (visit func(w, i, kv int) []byte) {
+	pages := (512 << 20) / (2 * page * heads)
+	slab := make([]byte, pages*2*page*heads)
+	hugepage.Advise(slab)
+	blk, _ := randBF16(r, 1<<19)
+	for i := 0; i < len(slab); i += len(blk) {
+		copy(slab[i:], blk)
+	}
+	span := pages / workers * heads // (page, head) visits in a worker's share
+	return func(w, i, kv int) []byte {
+		j := w*span + i%span
+		o := ((2*(j/heads)+kv)*heads + j%heads) * page
+		return slab[o : o+page]
+	}
 }

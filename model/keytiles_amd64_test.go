@@ -7,8 +7,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/kvflow/kvflow/internal/hugepage"
 )
 
 // keyTile is the number of tokens in a tile of decodePageTiledBF16H4's
@@ -109,19 +107,7 @@ func BenchmarkDecodePageLayouts(b *testing.B) {
 				}
 				at = func(w, _ int) (k, v, next []byte) { return own[w][0], own[w][1], own[w][0] }
 			} else {
-				pages := (512 << 20) / (2 * page * heads)
-				slab := make([]byte, pages*2*page*heads)
-				hugepage.Advise(slab)
-				blk, _ := randBF16(r, 1<<19)
-				for i := 0; i < len(slab); i += len(blk) {
-					copy(slab[i:], blk)
-				}
-				span := pages / workers * heads // (page, head) visits per worker
-				visit := func(w, i, kv int) []byte {
-					j := w*span + i%span
-					o := ((2*(j/heads)+kv)*heads + j%heads) * page
-					return slab[o : o+page]
-				}
+				visit := pageSlab(r, heads, page, workers)
 				at = func(w, i int) (k, v, next []byte) { return visit(w, i, 0), visit(w, i, 1), visit(w, i+1, 0) }
 			}
 			type state struct{ qr, qt, s, m, l, acc []float32 }
