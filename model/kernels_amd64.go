@@ -382,10 +382,12 @@ func decodePageBF16H4(qp *float32, k *byte, v *byte, n int, d int, s *float32, m
 
 // decodePageTiledBF16H4 is decodePageBF16H4 over keys laid out in tiles of
 // 16 tokens (for each tile, each channel's 16 values together), with q in
-// channel order at the start of each slot, and s[:4*ceil(n/16)*16] as
-// scratch. No page format has such keys yet: BenchmarkDecodePageLayouts
-// measures what they would give (the horizontal sums of the scores go
-// away), and TestDecodePageTiled checks it against the row routine.
+// channel order at the start of each slot, s[:4*ceil(n/16)*16] as scratch,
+// and ceil(n/16)*32*d bytes prefetched at pfA (as many as the keys it
+// reads). No page format has such keys yet: BenchmarkDecodePageLayouts
+// measures what they would give against the row routine (the horizontal
+// sums of the scores go away), and TestDecodePageTiled checks it against
+// float64 attention.
 //
 //go:noescape
 func decodePageTiledBF16H4(qp *float32, k *byte, v *byte, n int, d int, s *float32, m *float32, l *float32, acc *float32, pfA *byte, pfB *byte)

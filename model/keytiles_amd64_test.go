@@ -59,7 +59,7 @@ func decodePageTiled(qp []float32, k, v []byte, nh, n, d int, s, m, l, acc []flo
 	_ = s[4*tiled-1]
 	_ = acc[nh*d-1]
 	_, _ = m[nh-1], l[nh-1]
-	_, _ = pfA[2*n*d-1], pfB[2*n*d-1]
+	_, _ = pfA[2*tiled*d-1], pfB[2*n*d-1]
 	for h := 0; h < nh; h += 4 {
 		decodePageTiledBF16H4(&qa[h*pairSlot], &k[0], &v[0], n, d, &s[0], &m[h], &l[h], &acc[h*d], &pfA[0], &pfB[0])
 	}
@@ -67,12 +67,14 @@ func decodePageTiled(qp []float32, k, v []byte, nh, n, d int, s, m, l, acc []flo
 
 // TestDecodePageTiled checks the tiled-key routine against float64
 // attention on the cases of TestDecodePageMatchesReference: pages of 1 to
-// 64 tokens (partial tiles among them), 8 heads, d from 16 to 256.
+// 64 tokens (partial tiles among them), 4 and 8 heads, d from 16 to 256.
 func TestDecodePageTiled(t *testing.T) {
 	decodeLoops(t)
 	checkDecodePage(t, decodeQTiled, func(qp []float32, kb, vb []byte, nh, n, d int, m, l, acc []float32) {
 		tiled := (n + keyTile - 1) / keyTile * keyTile
-		decodePageTiled(qp, tileKeys(kb, n, d), vb, nh, n, d, make([]float32, 4*tiled), m, l, acc, vb, kb)
+		kt := tileKeys(kb, n, d)
+		// The prefetch hints over real memory of the sizes asked for.
+		decodePageTiled(qp, kt, vb, nh, n, d, make([]float32, 4*tiled), m, l, acc, kt, kb)
 	})
 }
 
@@ -82,7 +84,8 @@ func TestDecodePageTiled(t *testing.T) {
 // query heads of 128, on every core: l2 over one page per core again and
 // again, memory over 512 MiB of pages walked as BenchmarkDecodePageCalls
 // walks them. Each round runs 512 calls per core of one routine then of
-// the other, each first in every other round (an op is a call of either);
+// the other, each first in every other round (an op is such a round of
+// each);
 // tiled_speedup is the median over the rounds of the rows round's time
 // over the tiled round's, and rows_ns/page the rows routine's time per
 // call on one core.
@@ -147,9 +150,9 @@ func BenchmarkDecodePageLayouts(b *testing.B) {
 			}
 			var ratios []float64
 			var rows time.Duration
-			b.SetBytes(2 * page)
+			b.SetBytes(2 * calls * int64(workers) * 2 * page)
 			b.ResetTimer()
-			for done := 0; done < b.N; done += 2 * calls * workers {
+			for range b.N {
 				// Either routine goes first in every other round.
 				var tr, tt time.Duration
 				if len(ratios)%2 == 0 {

@@ -785,10 +785,11 @@ func accumRows(bf16, perHead bool, heads int, widths []int, pAt func(pp Register
 // tokens (see tiledRows), which needs no horizontal sums.
 func decodePage(c expConsts, tiled bool) {
 	name := "decodePageBF16H4"
-	keys, qlay, s4 := "rows of d", "in pair order at the end", "s[:4*n]"
+	keys, qlay, s4, pfa := "rows of d", "in pair order at the end", "s[:4*n]", "n*2*d bytes at pfA"
 	if tiled {
 		name = "decodePageTiledBF16H4"
-		keys, qlay, s4 = "d channels of 16 tokens", "in channel order at the start", "s[:4*ceil(n/16)*16]"
+		keys, qlay, s4, pfa = "d channels of 16 tokens", "in channel order at the start", "s[:4*ceil(n/16)*16]",
+			"ceil(n/16)*32*d bytes at pfA (the keys' bytes)"
 	}
 	TEXT(name, NOSPLIT, "func(qp *float32, k, v *byte, n, d int, s, m, l, acc *float32, pfA, pfB *byte)")
 	Doc(fmt.Sprintf("%s folds the n keys (tiles of %s) and values (rows of d) of a", name, keys),
@@ -796,7 +797,7 @@ func decodePage(c expConsts, tiled bool) {
 		fmt.Sprintf("acc[h*d:(h+1)*d] of query heads h < 4, using %s as scratch. qp", s4),
 		fmt.Sprintf("(64-byte aligned) holds each head's q, scaled, %s of a slot", qlay),
 		fmt.Sprintf("of %d floats; acc is in pair order. n > 0, d > 0, d%%16 == 0, d <= %d;", pairMaxD, pairMaxD),
-		"it prefetches n*2*d bytes at pfA and pfB.")
+		fmt.Sprintf("it prefetches %s and n*2*d bytes at pfB.", pfa))
 	const heads = 4
 	slot := 4 * pairMaxD
 	// 16 bytes of running max and 16 of the correction factors.
