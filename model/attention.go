@@ -23,6 +23,9 @@ type Attention struct {
 	w      *LayerWeights
 	rope   rope
 	kernel Attender
+	// linear computes the projections: the vector loops unless
+	// Options.Scalar.
+	linear func(y, x, w []float32, n, in, out int)
 	pool   sync.Pool // of *scratch
 }
 
@@ -66,6 +69,7 @@ func NewAttentionWith(cfg Config, w *LayerWeights, opts Options) (*Attention, er
 		w:      w,
 		rope:   newRope(cfg),
 		kernel: kernel,
+		linear: selectKernels(!opts.Scalar).linear,
 	}
 	a.pool.New = func() any { return new(scratch) }
 	return a, nil
@@ -95,7 +99,7 @@ func (a *Attention) WithKernel(k *Kernel) *Attention { return a.WithAttender(k) 
 // kernel, say), sharing a's weights. Queries given to at follow Kernel's
 // contract.
 func (a *Attention) WithAttender(at Attender) *Attention {
-	b := &Attention{cfg: a.cfg, w: a.w, rope: a.rope, kernel: at}
+	b := &Attention{cfg: a.cfg, w: a.w, rope: a.rope, kernel: at, linear: a.linear}
 	b.pool.New = func() any { return new(scratch) }
 	return b
 }
@@ -159,7 +163,7 @@ func (a *Attention) Forward(x []float32, pos [3][]int64, kv *PagedKV, start int,
 	if err != nil {
 		return fmt.Errorf("Forward: %w", err)
 	}
-	linear(out, s.ctx, a.w.O, n, c.QueryDim(), c.HiddenSize)
+	a.linear(out, s.ctx, a.w.O, n, c.QueryDim(), c.HiddenSize)
 	return nil
 }
 
@@ -214,9 +218,9 @@ func (a *Attention) project(s *scratch, x []float32, pos [3][]int64, n int) {
 	s.v = resize(s.v, n*kd)
 	s.cos = resize(s.cos, n*half)
 	s.sin = resize(s.sin, n*half)
-	linear(s.q, x, a.w.Q, n, c.HiddenSize, qd)
-	linear(s.k, x, a.w.K, n, c.HiddenSize, kd)
-	linear(s.v, x, a.w.V, n, c.HiddenSize, kd)
+	a.linear(s.q, x, a.w.Q, n, c.HiddenSize, qd)
+	a.linear(s.k, x, a.w.K, n, c.HiddenSize, kd)
+	a.linear(s.v, x, a.w.V, n, c.HiddenSize, kd)
 	a.rope.cosSin(pos, n, s.cos, s.sin)
 	eps := float32(c.RMSNormEps)
 	for t := range n {

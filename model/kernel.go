@@ -51,7 +51,8 @@ type Options struct {
 	Recent int
 	// Router scores pages for block-sparse decode; nil means BoundRouter.
 	Router Router
-	// Scalar selects the pure-Go loops even where vector ones exist: the
+	// Scalar selects the pure-Go loops even where vector ones exist (the
+	// attention kernel's and, in NewAttentionWith, the projections'): the
 	// reference the vector path is tested against.
 	Scalar bool
 	// Linger is how long the helper goroutines of a kernel with Workers > 1

@@ -73,6 +73,9 @@ type kernels struct {
 	// axpy sets y[i] += a*x[i], len(x) >= len(y): the merge of a decode
 	// token's partial results.
 	axpy func(a float32, x, y []float32)
+	// linear sets y = x·Wᵀ for n tokens: x is [n][in], w is [out][in], y
+	// is [n][out]: the layer's q, k, v and o projections.
+	linear func(y, x, w []float32, n, in, out int)
 }
 
 // goKernels is the pure Go set, always available.
@@ -86,6 +89,7 @@ var goKernels = &kernels{
 	maxF32:     maxF32Go,
 	prefetch:   func([]byte) {},
 	axpy:       axpy,
+	linear:     linearGo,
 }
 
 func maxF32Go(x []float32) float32 {

@@ -96,11 +96,11 @@ func scale(a float32, y []float32) {
 	}
 }
 
-// linear computes y = x·Wᵀ for n tokens: x is [n][in], w is [out][in] and y
-// is [n][out]. Weight rows are the outer loop, so each is read from memory
+// linearGo computes y = x·Wᵀ for n tokens: x is [n][in], w is [out][in] and
+// y is [n][out]. Weight rows are the outer loop, so each is read from memory
 // once per call however many tokens there are; tokens go four at a time to
 // reuse each loaded weight.
-func linear(y, x, w []float32, n, in, out int) {
+func linearGo(y, x, w []float32, n, in, out int) {
 	x, y, w = x[:n*in], y[:n*out], w[:out*in]
 	for r := range out {
 		row := w[r*in : (r+1)*in : (r+1)*in]

@@ -47,6 +47,9 @@ func main() {
 	axpy()
 	prefetch()
 	maxF32()
+	for _, b := range [][2]int{{4, 2}, {4, 1}, {1, 1}} {
+		linearBlock(b[0], b[1])
+	}
 	fmaPeak()
 	Generate()
 }
@@ -1284,4 +1287,80 @@ func tiledRows(slot int, qb Register) {
 	LEAQ(Mem{Base: kt, Index: d4, Scale: 8}, kt)
 	SUBQ(U8(16), n)
 	JG(LabelRef("tiles"))
+}
+
+// linearBlock generates linearR<rows>T<toks>(y, ystride, x, xstride, w,
+// wstride, in): y[t*ystride+r] = Σ_{i<in} x[t*xstride+i]*w[r*wstride+i] for
+// r < rows, t < toks, strides in floats, in a positive multiple of 8: a
+// block of the projections' y = x·Wᵀ, rows*toks accumulators over in, each
+// reduced once at the end. rows is 1 or 4.
+func linearBlock(rows, toks int) {
+	name := fmt.Sprintf("linearR%dT%d", rows, toks)
+	TEXT(name, NOSPLIT, "func(y *float32, ystride int, x *float32, xstride int, w *float32, wstride int, in int)")
+	Doc(fmt.Sprintf("%s sets y[t*ystride+r] = Σ_{i<in} x[t*xstride+i]*w[r*wstride+i] for r < %d,", name, rows),
+		fmt.Sprintf("t < %d; strides in floats, in a positive multiple of 8.", toks))
+	in := Load(Param("in"), GP64())
+	SHLQ(U8(2), in) // bytes
+	// Row and token pointers at the end of their in floats; i counts up
+	// from -in to 0.
+	ends := func(base, stride string, k int) []GPVirtual {
+		p := make([]GPVirtual, k)
+		b := Load(Param(base), GP64())
+		s := Load(Param(stride), GP64())
+		SHLQ(U8(2), s)
+		for j := range p {
+			p[j] = GP64()
+			if j == 0 {
+				LEAQ(Mem{Base: b, Index: in, Scale: 1}, p[j])
+			} else {
+				LEAQ(Mem{Base: p[j-1], Index: s, Scale: 1}, p[j])
+			}
+		}
+		return p
+	}
+	wp := ends("w", "wstride", rows)
+	xp := ends("x", "xstride", toks)
+	acc := make([][]VecVirtual, toks)
+	for t := range acc {
+		acc[t] = make([]VecVirtual, rows)
+		for r := range acc[t] {
+			acc[t][r] = YMM()
+			VXORPS(acc[t][r], acc[t][r], acc[t][r])
+		}
+	}
+	i := GP64()
+	MOVQ(in, i)
+	NEGQ(i)
+	Label("chunk")
+	wv := make([]VecVirtual, rows)
+	for r := range wv {
+		wv[r] = YMM()
+		VMOVUPS(Mem{Base: wp[r], Index: i, Scale: 1}, wv[r])
+	}
+	for t := range toks {
+		xv := YMM()
+		VMOVUPS(Mem{Base: xp[t], Index: i, Scale: 1}, xv)
+		for r := range rows {
+			VFMADD231PS(xv, wv[r], acc[t][r])
+		}
+	}
+	ADDQ(U8(32), i)
+	JNZ(LabelRef("chunk"))
+
+	y := Load(Param("y"), GP64())
+	ys := Load(Param("ystride"), GP64())
+	SHLQ(U8(2), ys)
+	for t := range toks {
+		s := hsum(acc[t])
+		if rows == 4 {
+			VMOVUPS(s, Mem{Base: y})
+		} else {
+			VMOVSS(s, Mem{Base: y})
+		}
+		if t+1 < toks {
+			ADDQ(ys, y)
+		}
+	}
+	VZEROUPPER()
+	RET()
 }
