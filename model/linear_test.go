@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"regexp"
+	"slices"
 	"testing"
 )
 
@@ -85,6 +86,44 @@ func BenchmarkLinear(b *testing.B) {
 				}
 				b.ReportMetric(2*float64(n*in*out)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
 			})
+		}
+	}
+}
+
+// TestScalarProjections checks that Options.Scalar reaches the
+// projections: a layer built with it computes them with the Go loops, bit
+// for bit, and one built without with the vector loops where the CPU has
+// them (the two sum in different orders, so on random inputs their
+// results differ in the last bits).
+func TestScalarProjections(t *testing.T) {
+	cfg := Config{HiddenSize: 256, NumHeads: 4, NumKVHeads: 2, HeadDim: 64, NumLayers: 1,
+		RopeTheta: 5e6, MRopeSection: [3]int{12, 10, 10}, RMSNormEps: 1e-6}
+	w := RandomWeights(cfg, 0, 3)
+	const n = 5
+	x := randFloats(n*cfg.HiddenSize, 9)
+	for _, c := range []struct {
+		opts Options
+		want *kernels
+	}{{Options{Scalar: true}, goKernels}, {Options{}, defaultKernels()}} {
+		a, err := NewAttentionWith(cfg, w, c.opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := make([]float32, n*cfg.QueryDim())
+		want := make([]float32, len(got))
+		a.linear(got, x, w.Q, n, cfg.HiddenSize, cfg.QueryDim())
+		c.want.linear(want, x, w.Q, n, cfg.HiddenSize, cfg.QueryDim())
+		if !slices.Equal(got, want) {
+			t.Errorf("Scalar %v: the layer's projections are not the %s loops'", c.opts.Scalar, c.want.name)
+		}
+	}
+	if vecKernels != nil {
+		y0 := make([]float32, n*cfg.QueryDim())
+		y1 := make([]float32, len(y0))
+		goKernels.linear(y0, x, w.Q, n, cfg.HiddenSize, cfg.QueryDim())
+		vecKernels.linear(y1, x, w.Q, n, cfg.HiddenSize, cfg.QueryDim())
+		if slices.Equal(y0, y1) {
+			t.Fatal("the Go and vector loops agree bit for bit: this test cannot tell them apart")
 		}
 	}
 }
