@@ -3473,9 +3473,100 @@ done:
 	VZEROUPPER
 	RET
 
-// func linearR4T2(y *float32, ystride int, x *float32, xstride int, w *float32, wstride int, in int)
+// func linearR3T4(y *float32, ystride int, x *float32, xstride int, w *float32, wstride int, in int)
 // Requires: AVX, FMA3
-TEXT ·linearR4T2(SB), NOSPLIT, $0-56
+TEXT ·linearR3T4(SB), NOSPLIT, $0-56
+	MOVQ   in+48(FP), AX
+	SHLQ   $0x02, AX
+	MOVQ   w+32(FP), CX
+	MOVQ   wstride+40(FP), DX
+	SHLQ   $0x02, DX
+	LEAQ   (CX)(AX*1), CX
+	LEAQ   (CX)(DX*1), BX
+	LEAQ   (BX)(DX*1), DX
+	MOVQ   x+16(FP), SI
+	MOVQ   xstride+24(FP), DI
+	SHLQ   $0x02, DI
+	LEAQ   (SI)(AX*1), SI
+	LEAQ   (SI)(DI*1), R8
+	LEAQ   (R8)(DI*1), R9
+	LEAQ   (R9)(DI*1), DI
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	VXORPS Y4, Y4, Y4
+	VXORPS Y5, Y5, Y5
+	VXORPS Y6, Y6, Y6
+	VXORPS Y7, Y7, Y7
+	VXORPS Y8, Y8, Y8
+	VXORPS Y9, Y9, Y9
+	VXORPS Y10, Y10, Y10
+	VXORPS Y11, Y11, Y11
+	NEGQ   AX
+
+chunk:
+	VMOVUPS      (CX)(AX*1), Y12
+	VMOVUPS      (BX)(AX*1), Y13
+	VMOVUPS      (DX)(AX*1), Y14
+	VMOVUPS      (SI)(AX*1), Y15
+	VFMADD231PS  Y15, Y12, Y0
+	VFMADD231PS  Y15, Y13, Y1
+	VFMADD231PS  Y15, Y14, Y2
+	VMOVUPS      (R8)(AX*1), Y15
+	VFMADD231PS  Y15, Y12, Y3
+	VFMADD231PS  Y15, Y13, Y4
+	VFMADD231PS  Y15, Y14, Y5
+	VMOVUPS      (R9)(AX*1), Y15
+	VFMADD231PS  Y15, Y12, Y6
+	VFMADD231PS  Y15, Y13, Y7
+	VFMADD231PS  Y15, Y14, Y8
+	VMOVUPS      (DI)(AX*1), Y15
+	VFMADD231PS  Y15, Y12, Y9
+	VFMADD231PS  Y15, Y13, Y10
+	VFMADD231PS  Y15, Y14, Y11
+	ADDQ         $0x20, AX
+	JNZ          chunk
+	MOVQ         y+0(FP), AX
+	MOVQ         ystride+8(FP), CX
+	SHLQ         $0x02, CX
+	VHADDPS      Y1, Y0, Y0
+	VHADDPS      Y2, Y2, Y1
+	VHADDPS      Y1, Y0, Y0
+	VEXTRACTF128 $0x01, Y0, X1
+	VADDPS       X1, X0, X0
+	VMOVSD       X0, (AX)
+	VEXTRACTPS   $0x02, X0, 8(AX)
+	ADDQ         CX, AX
+	VHADDPS      Y4, Y3, Y0
+	VHADDPS      Y5, Y5, Y1
+	VHADDPS      Y1, Y0, Y0
+	VEXTRACTF128 $0x01, Y0, X1
+	VADDPS       X1, X0, X0
+	VMOVSD       X0, (AX)
+	VEXTRACTPS   $0x02, X0, 8(AX)
+	ADDQ         CX, AX
+	VHADDPS      Y7, Y6, Y0
+	VHADDPS      Y8, Y8, Y1
+	VHADDPS      Y1, Y0, Y0
+	VEXTRACTF128 $0x01, Y0, X1
+	VADDPS       X1, X0, X0
+	VMOVSD       X0, (AX)
+	VEXTRACTPS   $0x02, X0, 8(AX)
+	ADDQ         CX, AX
+	VHADDPS      Y10, Y9, Y0
+	VHADDPS      Y11, Y11, Y1
+	VHADDPS      Y1, Y0, Y0
+	VEXTRACTF128 $0x01, Y0, X1
+	VADDPS       X1, X0, X0
+	VMOVSD       X0, (AX)
+	VEXTRACTPS   $0x02, X0, 8(AX)
+	VZEROUPPER
+	RET
+
+// func linearR8T1(y *float32, ystride int, x *float32, xstride int, w *float32, wstride int, in int)
+// Requires: AVX, FMA3
+TEXT ·linearR8T1(SB), NOSPLIT, $0-56
 	MOVQ   in+48(FP), AX
 	SHLQ   $0x02, AX
 	MOVQ   w+32(FP), CX
@@ -3484,12 +3575,15 @@ TEXT ·linearR4T2(SB), NOSPLIT, $0-56
 	LEAQ   (CX)(AX*1), CX
 	LEAQ   (CX)(DX*1), BX
 	LEAQ   (BX)(DX*1), SI
-	LEAQ   (SI)(DX*1), DX
-	MOVQ   x+16(FP), DI
-	MOVQ   xstride+24(FP), R8
-	SHLQ   $0x02, R8
-	LEAQ   (DI)(AX*1), DI
-	LEAQ   (DI)(R8*1), R8
+	LEAQ   (SI)(DX*1), DI
+	LEAQ   (DI)(DX*1), R8
+	LEAQ   (R8)(DX*1), R9
+	LEAQ   (R9)(DX*1), R10
+	LEAQ   (R10)(DX*1), DX
+	MOVQ   x+16(FP), R11
+	MOVQ   xstride+24(FP), R12
+	SHLQ   $0x02, R12
+	LEAQ   (R11)(AX*1), R11
 	VXORPS Y0, Y0, Y0
 	VXORPS Y1, Y1, Y1
 	VXORPS Y2, Y2, Y2
@@ -3501,20 +3595,15 @@ TEXT ·linearR4T2(SB), NOSPLIT, $0-56
 	NEGQ   AX
 
 chunk:
-	VMOVUPS      (CX)(AX*1), Y8
-	VMOVUPS      (BX)(AX*1), Y9
-	VMOVUPS      (SI)(AX*1), Y10
-	VMOVUPS      (DX)(AX*1), Y11
-	VMOVUPS      (DI)(AX*1), Y12
-	VFMADD231PS  Y12, Y8, Y0
-	VFMADD231PS  Y12, Y9, Y1
-	VFMADD231PS  Y12, Y10, Y2
-	VFMADD231PS  Y12, Y11, Y3
-	VMOVUPS      (R8)(AX*1), Y12
-	VFMADD231PS  Y12, Y8, Y4
-	VFMADD231PS  Y12, Y9, Y5
-	VFMADD231PS  Y12, Y10, Y6
-	VFMADD231PS  Y12, Y11, Y7
+	VMOVUPS      (R11)(AX*1), Y8
+	VFMADD231PS  (CX)(AX*1), Y8, Y0
+	VFMADD231PS  (BX)(AX*1), Y8, Y1
+	VFMADD231PS  (SI)(AX*1), Y8, Y2
+	VFMADD231PS  (DI)(AX*1), Y8, Y3
+	VFMADD231PS  (R8)(AX*1), Y8, Y4
+	VFMADD231PS  (R9)(AX*1), Y8, Y5
+	VFMADD231PS  (R10)(AX*1), Y8, Y6
+	VFMADD231PS  (DX)(AX*1), Y8, Y7
 	ADDQ         $0x20, AX
 	JNZ          chunk
 	MOVQ         y+0(FP), AX
@@ -3526,59 +3615,12 @@ chunk:
 	VEXTRACTF128 $0x01, Y0, X1
 	VADDPS       X1, X0, X0
 	VMOVUPS      X0, (AX)
-	ADDQ         CX, AX
 	VHADDPS      Y5, Y4, Y0
 	VHADDPS      Y7, Y6, Y1
 	VHADDPS      Y1, Y0, Y0
 	VEXTRACTF128 $0x01, Y0, X1
 	VADDPS       X1, X0, X0
-	VMOVUPS      X0, (AX)
-	VZEROUPPER
-	RET
-
-// func linearR4T1(y *float32, ystride int, x *float32, xstride int, w *float32, wstride int, in int)
-// Requires: AVX, FMA3
-TEXT ·linearR4T1(SB), NOSPLIT, $0-56
-	MOVQ   in+48(FP), AX
-	SHLQ   $0x02, AX
-	MOVQ   w+32(FP), CX
-	MOVQ   wstride+40(FP), DX
-	SHLQ   $0x02, DX
-	LEAQ   (CX)(AX*1), CX
-	LEAQ   (CX)(DX*1), BX
-	LEAQ   (BX)(DX*1), SI
-	LEAQ   (SI)(DX*1), DX
-	MOVQ   x+16(FP), DI
-	MOVQ   xstride+24(FP), R8
-	SHLQ   $0x02, R8
-	LEAQ   (DI)(AX*1), DI
-	VXORPS Y0, Y0, Y0
-	VXORPS Y1, Y1, Y1
-	VXORPS Y2, Y2, Y2
-	VXORPS Y3, Y3, Y3
-	NEGQ   AX
-
-chunk:
-	VMOVUPS      (CX)(AX*1), Y4
-	VMOVUPS      (BX)(AX*1), Y5
-	VMOVUPS      (SI)(AX*1), Y6
-	VMOVUPS      (DX)(AX*1), Y7
-	VMOVUPS      (DI)(AX*1), Y8
-	VFMADD231PS  Y8, Y4, Y0
-	VFMADD231PS  Y8, Y5, Y1
-	VFMADD231PS  Y8, Y6, Y2
-	VFMADD231PS  Y8, Y7, Y3
-	ADDQ         $0x20, AX
-	JNZ          chunk
-	MOVQ         y+0(FP), AX
-	MOVQ         ystride+8(FP), CX
-	SHLQ         $0x02, CX
-	VHADDPS      Y1, Y0, Y0
-	VHADDPS      Y3, Y2, Y1
-	VHADDPS      Y1, Y0, Y0
-	VEXTRACTF128 $0x01, Y0, X1
-	VADDPS       X1, X0, X0
-	VMOVUPS      X0, (AX)
+	VMOVUPS      X0, 16(AX)
 	VZEROUPPER
 	RET
 
@@ -3599,9 +3641,8 @@ TEXT ·linearR1T1(SB), NOSPLIT, $0-56
 	NEGQ   AX
 
 chunk:
-	VMOVUPS      (CX)(AX*1), Y1
-	VMOVUPS      (DX)(AX*1), Y2
-	VFMADD231PS  Y2, Y1, Y0
+	VMOVUPS      (DX)(AX*1), Y1
+	VFMADD231PS  (CX)(AX*1), Y1, Y0
 	ADDQ         $0x20, AX
 	JNZ          chunk
 	MOVQ         y+0(FP), AX

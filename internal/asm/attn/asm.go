@@ -47,7 +47,7 @@ func main() {
 	axpy()
 	prefetch()
 	maxF32()
-	for _, b := range [][2]int{{4, 2}, {4, 1}, {1, 1}} {
+	for _, b := range [][2]int{{3, 4}, {8, 1}, {1, 1}} {
 		linearBlock(b[0], b[1])
 	}
 	fmaPeak()
@@ -1293,7 +1293,7 @@ func tiledRows(slot int, qb Register) {
 // wstride, in): y[t*ystride+r] = Σ_{i<in} x[t*xstride+i]*w[r*wstride+i] for
 // r < rows, t < toks, strides in floats, in a positive multiple of 8: a
 // block of the projections' y = x·Wᵀ, rows*toks accumulators over in, each
-// reduced once at the end. rows is 1 or 4.
+// reduced once at the end. rows is 1, 3, 4 or a multiple of 4.
 func linearBlock(rows, toks int) {
 	name := fmt.Sprintf("linearR%dT%d", rows, toks)
 	TEXT(name, NOSPLIT, "func(y *float32, ystride int, x *float32, xstride int, w *float32, wstride int, in int)")
@@ -1332,16 +1332,26 @@ func linearBlock(rows, toks int) {
 	MOVQ(in, i)
 	NEGQ(i)
 	Label("chunk")
-	wv := make([]VecVirtual, rows)
-	for r := range wv {
-		wv[r] = YMM()
-		VMOVUPS(Mem{Base: wp[r], Index: i, Scale: 1}, wv[r])
-	}
-	for t := range toks {
+	if toks == 1 {
+		// Each weight is used once: an operand of its FMA, which leaves
+		// registers for 8 rows.
 		xv := YMM()
-		VMOVUPS(Mem{Base: xp[t], Index: i, Scale: 1}, xv)
+		VMOVUPS(Mem{Base: xp[0], Index: i, Scale: 1}, xv)
 		for r := range rows {
-			VFMADD231PS(xv, wv[r], acc[t][r])
+			VFMADD231PS(Mem{Base: wp[r], Index: i, Scale: 1}, xv, acc[0][r])
+		}
+	} else {
+		wv := make([]VecVirtual, rows)
+		for r := range wv {
+			wv[r] = YMM()
+			VMOVUPS(Mem{Base: wp[r], Index: i, Scale: 1}, wv[r])
+		}
+		for t := range toks {
+			xv := YMM()
+			VMOVUPS(Mem{Base: xp[t], Index: i, Scale: 1}, xv)
+			for r := range rows {
+				VFMADD231PS(xv, wv[r], acc[t][r])
+			}
 		}
 	}
 	ADDQ(U8(32), i)
@@ -1351,11 +1361,22 @@ func linearBlock(rows, toks int) {
 	ys := Load(Param("ystride"), GP64())
 	SHLQ(U8(2), ys)
 	for t := range toks {
-		s := hsum(acc[t])
-		if rows == 4 {
-			VMOVUPS(s, Mem{Base: y})
-		} else {
-			VMOVSS(s, Mem{Base: y})
+		// The sums of up to 4 rows at a time, stored as that many floats.
+		for r0 := 0; r0 < rows; r0 += 4 {
+			g := acc[t][r0:min(rows, r0+4)]
+			at := Mem{Base: y, Disp: 4 * r0}
+			switch len(g) {
+			case 4:
+				VMOVUPS(hsum(g), at)
+			case 3:
+				s := hsum([]VecVirtual{g[0], g[1], g[2], g[2]})
+				VMOVSD(s, at)
+				VEXTRACTPS(U8(2), s, at.Offset(8))
+			case 1:
+				VMOVSS(hsum(g), at)
+			default:
+				panic("linearBlock: rows")
+			}
 		}
 		if t+1 < toks {
 			ADDQ(ys, y)
