@@ -24,7 +24,8 @@ type Attention struct {
 	rope   rope
 	kernel Attender
 	// linear computes the projections: the vector loops unless
-	// Options.Scalar.
+	// Options.Scalar (given to NewAttentionWith, or to the Kernel given to
+	// WithKernel).
 	linear func(y, x, w []float32, n, in, out int)
 	pool   sync.Pool // of *scratch
 }
@@ -92,8 +93,13 @@ func (a *Attention) Kernel() *Kernel {
 }
 
 // WithKernel returns the layer with its attention computed by k, sharing
-// a's weights. k must have the layer's geometry.
-func (a *Attention) WithKernel(k *Kernel) *Attention { return a.WithAttender(k) }
+// a's weights, and its projections by the same set of loops as k (the Go
+// ones under Options.Scalar). k must have the layer's geometry.
+func (a *Attention) WithKernel(k *Kernel) *Attention {
+	b := a.WithAttender(k)
+	b.linear = k.loops.linear
+	return b
+}
 
 // WithAttender returns the layer with its attention computed by at (a GPU
 // kernel, say), sharing a's weights. Queries given to at follow Kernel's

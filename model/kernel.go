@@ -52,8 +52,9 @@ type Options struct {
 	// Router scores pages for block-sparse decode; nil means BoundRouter.
 	Router Router
 	// Scalar selects the pure-Go loops even where vector ones exist (the
-	// attention kernel's and, in NewAttentionWith, the projections'): the
-	// reference the vector path is tested against.
+	// attention kernel's, and the projections' of a layer built by
+	// NewAttentionWith or given the kernel by WithKernel): the reference
+	// the vector path is tested against.
 	Scalar bool
 	// Linger is how long the helper goroutines of a kernel with Workers > 1
 	// wait, spinning, for the next call before they exit: calls closer

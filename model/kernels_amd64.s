@@ -3581,8 +3581,6 @@ TEXT ·linearR8T1(SB), NOSPLIT, $0-56
 	LEAQ   (R9)(DX*1), R10
 	LEAQ   (R10)(DX*1), DX
 	MOVQ   x+16(FP), R11
-	MOVQ   xstride+24(FP), R12
-	SHLQ   $0x02, R12
 	LEAQ   (R11)(AX*1), R11
 	VXORPS Y0, Y0, Y0
 	VXORPS Y1, Y1, Y1
@@ -3630,12 +3628,8 @@ TEXT ·linearR1T1(SB), NOSPLIT, $0-56
 	MOVQ   in+48(FP), AX
 	SHLQ   $0x02, AX
 	MOVQ   w+32(FP), CX
-	MOVQ   wstride+40(FP), DX
-	SHLQ   $0x02, DX
 	LEAQ   (CX)(AX*1), CX
 	MOVQ   x+16(FP), DX
-	MOVQ   xstride+24(FP), BX
-	SHLQ   $0x02, BX
 	LEAQ   (DX)(AX*1), DX
 	VXORPS Y0, Y0, Y0
 	NEGQ   AX

@@ -11,9 +11,10 @@ import (
 )
 
 // TestLinear checks both sets' projections against float64 sums: token
-// counts around the vector blocks' 2 and the tile of 32, row counts around
-// the blocks of 4, in a multiple of 8 (the vector blocks) or not (the Go
-// loops), and strides that would show a row or token mixed up.
+// counts around the vector blocks' 4 and the tile of 32 (with and without
+// tokens past the last 4), row counts around the blocks of 3 and of 8 (with
+// and without rows past the last block), in a multiple of 8 (the vector
+// blocks) or not (the Go loops).
 func TestLinear(t *testing.T) {
 	r := kernelRand(t)
 	sets := []*kernels{goKernels}
@@ -24,6 +25,7 @@ func TestLinear(t *testing.T) {
 		for _, c := range []struct{ n, in, out int }{
 			{1, 8, 1}, {1, 64, 4}, {2, 64, 5}, {3, 16, 7}, {5, 2048, 9},
 			{33, 128, 12}, {70, 40, 6}, {4, 12, 3}, {1, 2048, 1024},
+			{4, 64, 7}, {8, 64, 8}, {36, 64, 10}, {6, 8, 17}, {67, 32, 11},
 		} {
 			t.Run(fmt.Sprintf("%s/n%d_in%d_out%d", ks.name, c.n, c.in, c.out), func(t *testing.T) {
 				x := randF32(r, c.n*c.in)
@@ -116,6 +118,22 @@ func TestScalarProjections(t *testing.T) {
 		if !slices.Equal(got, want) {
 			t.Errorf("Scalar %v: the layer's projections are not the %s loops'", c.opts.Scalar, c.want.name)
 		}
+	}
+	// WithKernel gives the layer the kernel's loops.
+	base, err := NewAttention(cfg, w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := NewKernel(cfg, Options{Scalar: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make([]float32, n*cfg.QueryDim())
+	want := make([]float32, len(got))
+	base.WithKernel(k).linear(got, x, w.Q, n, cfg.HiddenSize, cfg.QueryDim())
+	goKernels.linear(want, x, w.Q, n, cfg.HiddenSize, cfg.QueryDim())
+	if !slices.Equal(got, want) {
+		t.Error("WithKernel(a Scalar kernel): the layer's projections are not the Go loops'")
 	}
 	if vecKernels != nil {
 		y0 := make([]float32, n*cfg.QueryDim())

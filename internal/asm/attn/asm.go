@@ -1306,8 +1306,11 @@ func linearBlock(rows, toks int) {
 	ends := func(base, stride string, k int) []GPVirtual {
 		p := make([]GPVirtual, k)
 		b := Load(Param(base), GP64())
-		s := Load(Param(stride), GP64())
-		SHLQ(U8(2), s)
+		var s Register
+		if k > 1 {
+			s = Load(Param(stride), GP64())
+			SHLQ(U8(2), s)
+		}
 		for j := range p {
 			p[j] = GP64()
 			if j == 0 {
