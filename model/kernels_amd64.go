@@ -32,11 +32,12 @@ func newAVX2Kernels(ok bool) *kernels {
 }
 
 // linearAVX2 is linearGo with the vector blocks: 3 weight rows by 4 tokens
-// (12 sums, enough to keep both FMA units busy, each reduced once), single
-// rows for the rest of the rows, and 8 rows by 1 token for the tokens past
-// the last 4 (a decode step's matrix-vector product: 8 sums). Tokens go in
-// tiles of linearTile, whose x stays in L2 while every weight row passes
-// over it. in not a multiple of 8 goes to linearGo.
+// (12 sums, enough to keep both FMA units busy, each reduced once), then
+// the same 3 rows by the tile's last 1-3 tokens while they are in cache,
+// single rows for the rest of the rows; one token alone (a decode step's
+// matrix-vector product) goes 8 rows at a time. Tokens go in tiles of
+// linearTile, whose x stays in L2 while every weight row passes over it
+// once. in not a multiple of 8 goes to linearGo.
 func linearAVX2(y, x, w []float32, n, in, out int) {
 	if n <= 0 || out <= 0 {
 		return
@@ -46,6 +47,16 @@ func linearAVX2(y, x, w []float32, n, in, out int) {
 		return
 	}
 	x, y, w = x[:n*in], y[:n*out], w[:out*in]
+	if n == 1 {
+		r := 0
+		for ; r+8 <= out; r += 8 {
+			linearR8T1(&y[r], out, &x[0], in, &w[r*in], in, in)
+		}
+		for ; r < out; r++ {
+			linearR1T1(&y[r], out, &x[0], in, &w[r*in], in, in)
+		}
+		return
+	}
 	for t0 := 0; t0 < n; t0 += linearTile {
 		t1 := min(n, t0+linearTile)
 		quads := t0 + (t1-t0)/4*4
@@ -54,22 +65,21 @@ func linearAVX2(y, x, w []float32, n, in, out int) {
 			for t := t0; t < quads; t += 4 {
 				linearR3T4(&y[t*out+r], out, &x[t*in], in, &w[r*in], in, in)
 			}
+			if t := quads; t < t1 {
+				linearR3Tail[t1-t-1](&y[t*out+r], out, &x[t*in], in, &w[r*in], in, in)
+			}
 		}
 		for ; r < out; r++ {
-			for t := t0; t < quads; t++ {
-				linearR1T1(&y[t*out+r], out, &x[t*in], in, &w[r*in], in, in)
-			}
-		}
-		for t := quads; t < t1; t++ {
-			r := 0
-			for ; r+8 <= out; r += 8 {
-				linearR8T1(&y[t*out+r], out, &x[t*in], in, &w[r*in], in, in)
-			}
-			for ; r < out; r++ {
+			for t := t0; t < t1; t++ {
 				linearR1T1(&y[t*out+r], out, &x[t*in], in, &w[r*in], in, in)
 			}
 		}
 	}
+}
+
+// linearR3Tail[k-1] is the 3-row block of k tokens.
+var linearR3Tail = [3]func(y *float32, ystride int, x *float32, xstride int, w *float32, wstride int, in int){
+	linearR3T1, linearR3T2, linearR3T3,
 }
 
 // linearTile is the tokens linearAVX2 takes per pass over the weights: 32
@@ -426,12 +436,20 @@ func expSumAVX2(x *float32, n int, m float32) float32
 //go:noescape
 func decodePageBF16H4(qp *float32, k *byte, v *byte, n int, d int, s *float32, m *float32, l *float32, acc *float32, pfA *byte, pfB *byte)
 
-// linearR3T4, linearR8T1 and linearR1T1 set y[t*ystride+r] = Σ_{i<in}
-// x[t*xstride+i]*w[r*wstride+i] for r < 3, 8 or 1 and t < 4, 1 or 1;
-// strides in floats, in a positive multiple of 8.
+// linearR<R>T<T> sets y[t*ystride+r] = Σ_{i<in} x[t*xstride+i]*w[r*wstride+i]
+// for r < R, t < T; strides in floats, in a positive multiple of 8.
 //
 //go:noescape
 func linearR3T4(y *float32, ystride int, x *float32, xstride int, w *float32, wstride int, in int)
+
+//go:noescape
+func linearR3T3(y *float32, ystride int, x *float32, xstride int, w *float32, wstride int, in int)
+
+//go:noescape
+func linearR3T2(y *float32, ystride int, x *float32, xstride int, w *float32, wstride int, in int)
+
+//go:noescape
+func linearR3T1(y *float32, ystride int, x *float32, xstride int, w *float32, wstride int, in int)
 
 //go:noescape
 func linearR8T1(y *float32, ystride int, x *float32, xstride int, w *float32, wstride int, in int)

@@ -3564,6 +3564,178 @@ chunk:
 	VZEROUPPER
 	RET
 
+// func linearR3T3(y *float32, ystride int, x *float32, xstride int, w *float32, wstride int, in int)
+// Requires: AVX, FMA3
+TEXT ·linearR3T3(SB), NOSPLIT, $0-56
+	MOVQ   in+48(FP), AX
+	SHLQ   $0x02, AX
+	MOVQ   w+32(FP), CX
+	MOVQ   wstride+40(FP), DX
+	SHLQ   $0x02, DX
+	LEAQ   (CX)(AX*1), CX
+	LEAQ   (CX)(DX*1), BX
+	LEAQ   (BX)(DX*1), DX
+	MOVQ   x+16(FP), SI
+	MOVQ   xstride+24(FP), DI
+	SHLQ   $0x02, DI
+	LEAQ   (SI)(AX*1), SI
+	LEAQ   (SI)(DI*1), R8
+	LEAQ   (R8)(DI*1), DI
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	VXORPS Y4, Y4, Y4
+	VXORPS Y5, Y5, Y5
+	VXORPS Y6, Y6, Y6
+	VXORPS Y7, Y7, Y7
+	VXORPS Y8, Y8, Y8
+	NEGQ   AX
+
+chunk:
+	VMOVUPS      (CX)(AX*1), Y9
+	VMOVUPS      (BX)(AX*1), Y10
+	VMOVUPS      (DX)(AX*1), Y11
+	VMOVUPS      (SI)(AX*1), Y12
+	VFMADD231PS  Y12, Y9, Y0
+	VFMADD231PS  Y12, Y10, Y1
+	VFMADD231PS  Y12, Y11, Y2
+	VMOVUPS      (R8)(AX*1), Y12
+	VFMADD231PS  Y12, Y9, Y3
+	VFMADD231PS  Y12, Y10, Y4
+	VFMADD231PS  Y12, Y11, Y5
+	VMOVUPS      (DI)(AX*1), Y12
+	VFMADD231PS  Y12, Y9, Y6
+	VFMADD231PS  Y12, Y10, Y7
+	VFMADD231PS  Y12, Y11, Y8
+	ADDQ         $0x20, AX
+	JNZ          chunk
+	MOVQ         y+0(FP), AX
+	MOVQ         ystride+8(FP), CX
+	SHLQ         $0x02, CX
+	VHADDPS      Y1, Y0, Y0
+	VHADDPS      Y2, Y2, Y1
+	VHADDPS      Y1, Y0, Y0
+	VEXTRACTF128 $0x01, Y0, X1
+	VADDPS       X1, X0, X0
+	VMOVSD       X0, (AX)
+	VEXTRACTPS   $0x02, X0, 8(AX)
+	ADDQ         CX, AX
+	VHADDPS      Y4, Y3, Y0
+	VHADDPS      Y5, Y5, Y1
+	VHADDPS      Y1, Y0, Y0
+	VEXTRACTF128 $0x01, Y0, X1
+	VADDPS       X1, X0, X0
+	VMOVSD       X0, (AX)
+	VEXTRACTPS   $0x02, X0, 8(AX)
+	ADDQ         CX, AX
+	VHADDPS      Y7, Y6, Y0
+	VHADDPS      Y8, Y8, Y1
+	VHADDPS      Y1, Y0, Y0
+	VEXTRACTF128 $0x01, Y0, X1
+	VADDPS       X1, X0, X0
+	VMOVSD       X0, (AX)
+	VEXTRACTPS   $0x02, X0, 8(AX)
+	VZEROUPPER
+	RET
+
+// func linearR3T2(y *float32, ystride int, x *float32, xstride int, w *float32, wstride int, in int)
+// Requires: AVX, FMA3
+TEXT ·linearR3T2(SB), NOSPLIT, $0-56
+	MOVQ   in+48(FP), AX
+	SHLQ   $0x02, AX
+	MOVQ   w+32(FP), CX
+	MOVQ   wstride+40(FP), DX
+	SHLQ   $0x02, DX
+	LEAQ   (CX)(AX*1), CX
+	LEAQ   (CX)(DX*1), BX
+	LEAQ   (BX)(DX*1), DX
+	MOVQ   x+16(FP), SI
+	MOVQ   xstride+24(FP), DI
+	SHLQ   $0x02, DI
+	LEAQ   (SI)(AX*1), SI
+	LEAQ   (SI)(DI*1), DI
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	VXORPS Y4, Y4, Y4
+	VXORPS Y5, Y5, Y5
+	NEGQ   AX
+
+chunk:
+	VMOVUPS      (CX)(AX*1), Y6
+	VMOVUPS      (BX)(AX*1), Y7
+	VMOVUPS      (DX)(AX*1), Y8
+	VMOVUPS      (SI)(AX*1), Y9
+	VFMADD231PS  Y9, Y6, Y0
+	VFMADD231PS  Y9, Y7, Y1
+	VFMADD231PS  Y9, Y8, Y2
+	VMOVUPS      (DI)(AX*1), Y9
+	VFMADD231PS  Y9, Y6, Y3
+	VFMADD231PS  Y9, Y7, Y4
+	VFMADD231PS  Y9, Y8, Y5
+	ADDQ         $0x20, AX
+	JNZ          chunk
+	MOVQ         y+0(FP), AX
+	MOVQ         ystride+8(FP), CX
+	SHLQ         $0x02, CX
+	VHADDPS      Y1, Y0, Y0
+	VHADDPS      Y2, Y2, Y1
+	VHADDPS      Y1, Y0, Y0
+	VEXTRACTF128 $0x01, Y0, X1
+	VADDPS       X1, X0, X0
+	VMOVSD       X0, (AX)
+	VEXTRACTPS   $0x02, X0, 8(AX)
+	ADDQ         CX, AX
+	VHADDPS      Y4, Y3, Y0
+	VHADDPS      Y5, Y5, Y1
+	VHADDPS      Y1, Y0, Y0
+	VEXTRACTF128 $0x01, Y0, X1
+	VADDPS       X1, X0, X0
+	VMOVSD       X0, (AX)
+	VEXTRACTPS   $0x02, X0, 8(AX)
+	VZEROUPPER
+	RET
+
+// func linearR3T1(y *float32, ystride int, x *float32, xstride int, w *float32, wstride int, in int)
+// Requires: AVX, FMA3
+TEXT ·linearR3T1(SB), NOSPLIT, $0-56
+	MOVQ   in+48(FP), AX
+	SHLQ   $0x02, AX
+	MOVQ   w+32(FP), CX
+	MOVQ   wstride+40(FP), DX
+	SHLQ   $0x02, DX
+	LEAQ   (CX)(AX*1), CX
+	LEAQ   (CX)(DX*1), BX
+	LEAQ   (BX)(DX*1), DX
+	MOVQ   x+16(FP), SI
+	LEAQ   (SI)(AX*1), SI
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	NEGQ   AX
+
+chunk:
+	VMOVUPS      (SI)(AX*1), Y3
+	VFMADD231PS  (CX)(AX*1), Y3, Y0
+	VFMADD231PS  (BX)(AX*1), Y3, Y1
+	VFMADD231PS  (DX)(AX*1), Y3, Y2
+	ADDQ         $0x20, AX
+	JNZ          chunk
+	MOVQ         y+0(FP), AX
+	MOVQ         ystride+8(FP), CX
+	SHLQ         $0x02, CX
+	VHADDPS      Y1, Y0, Y0
+	VHADDPS      Y2, Y2, Y1
+	VHADDPS      Y1, Y0, Y0
+	VEXTRACTF128 $0x01, Y0, X1
+	VADDPS       X1, X0, X0
+	VMOVSD       X0, (AX)
+	VEXTRACTPS   $0x02, X0, 8(AX)
+	VZEROUPPER
+	RET
+
 // func linearR8T1(y *float32, ystride int, x *float32, xstride int, w *float32, wstride int, in int)
 // Requires: AVX, FMA3
 TEXT ·linearR8T1(SB), NOSPLIT, $0-56

@@ -68,14 +68,15 @@ func TestAssemblyRegisters(t *testing.T) {
 
 // BenchmarkLinear times the q projection of Qwen3-VL-2B (2,048 by 2,048
 // float32 weights, 16 MiB) for 1 token (decode: the weights stream from
-// memory once) and for 64 and 256 (a prefill chunk: the arithmetic), with
+// memory once), 7 (a short chunk: 4 tokens and 3 more in one pass over the
+// weights) and 64 and 256 (a prefill chunk: the arithmetic), with
 // the Go loops (the baseline) and the vector ones, in the same run;
 // GFLOP/s counts 2 per multiply-add.
 func BenchmarkLinear(b *testing.B) {
 	const in, out = 2048, 2048
 	r := rand.New(rand.NewPCG(1, 2))
 	w := randF32(r, out*in)
-	for _, n := range []int{1, 64, 256} {
+	for _, n := range []int{1, 7, 64, 256} {
 		x := randF32(r, n*in)
 		y := make([]float32, n*out)
 		for _, ks := range []*kernels{goKernels, vecKernels} {

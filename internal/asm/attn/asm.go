@@ -47,7 +47,7 @@ func main() {
 	axpy()
 	prefetch()
 	maxF32()
-	for _, b := range [][2]int{{3, 4}, {8, 1}, {1, 1}} {
+	for _, b := range [][2]int{{3, 4}, {3, 3}, {3, 2}, {3, 1}, {8, 1}, {1, 1}} {
 		linearBlock(b[0], b[1])
 	}
 	fmaPeak()
