@@ -68,9 +68,12 @@ func decodePageTiled(qp []float32, k, v []byte, nh, n, d int, s, m, l, acc []flo
 // TestDecodePageTiled checks the tiled-key routine against float64
 // attention on the cases of TestDecodePageMatchesReference: pages of 1 to
 // 64 tokens (partial tiles among them), 4 and 8 heads, d from 16 to 256.
+// Its max and denominator may be off by 4e-5 rather than the row routine's
+// 1e-5: each score is one chain of d multiply-adds instead of 8 lanes of
+// d/8, and 10 runs in 3,000 came to 1.0-1.6e-5.
 func TestDecodePageTiled(t *testing.T) {
 	decodeLoops(t)
-	checkDecodePage(t, decodeQTiled, func(qp []float32, kb, vb []byte, nh, n, d int, m, l, acc []float32) {
+	checkDecodePage(t, 4e-5, decodeQTiled, func(qp []float32, kb, vb []byte, nh, n, d int, m, l, acc []float32) {
 		tiled := (n + keyTile - 1) / keyTile * keyTile
 		kt := tileKeys(kb, n, d)
 		// The prefetch hints over real memory of the sizes asked for.
