@@ -350,18 +350,10 @@ func scores(bf16 bool, heads, rows int) {
 	} else {
 		SHLQ(U8(2), rowBytes)
 	}
-	qe := make([]GPVirtual, heads)
 	dq := GP64()
 	MOVQ(d, dq)
 	SHLQ(U8(2), dq)
-	for h := range qe {
-		qe[h] = GP64()
-		if h == 0 {
-			LEAQ(Mem{Base: q, Index: dq, Scale: 1}, qe[h])
-		} else {
-			LEAQ(Mem{Base: qe[h-1], Index: dq, Scale: 1}, qe[h])
-		}
-	}
+	qe := ends(q, dq, dq, heads)
 	qscale := uint8(4 / esz)
 
 	block := func(r int, loop string) {
@@ -416,20 +408,28 @@ func scores(bf16 bool, heads, rows int) {
 	RET()
 }
 
+// ends returns k pointers: the first base+length, each next one step past
+// the one before (the ends of k rows of length bytes, step bytes apart,
+// which loops address with a negative index counting up to 0).
+func ends(base, length, step Register, k int) []GPVirtual {
+	p := make([]GPVirtual, k)
+	for j := range p {
+		p[j] = GP64()
+		if j == 0 {
+			LEAQ(Mem{Base: base, Index: length, Scale: 1}, p[j])
+		} else {
+			LEAQ(Mem{Base: p[j-1], Index: step, Scale: 1}, p[j])
+		}
+	}
+	return p
+}
+
 // rowBlock starts a block of r key rows of the scores: kr[j] points past the
 // end of row j (rows of rowBytes from kcur), acc[j][h] is a zeroed
 // accumulator per row and head, and i = -rowBytes is the offset that counts
 // up to 0 along the rows.
 func rowBlock(kcur, rowBytes Register, r, heads int) (kr []GPVirtual, acc [][]VecVirtual, i GPVirtual) {
-	kr = make([]GPVirtual, r)
-	for j := range kr {
-		kr[j] = GP64()
-		if j == 0 {
-			LEAQ(Mem{Base: kcur, Index: rowBytes, Scale: 1}, kr[j])
-		} else {
-			LEAQ(Mem{Base: kr[j-1], Index: rowBytes, Scale: 1}, kr[j])
-		}
-	}
+	kr = ends(kcur, rowBytes, rowBytes, r)
 	acc = make([][]VecVirtual, r)
 	for j := range acc {
 		acc[j] = make([]VecVirtual, heads)
@@ -1303,26 +1303,17 @@ func linearBlock(rows, toks int) {
 	SHLQ(U8(2), in) // bytes
 	// Row and token pointers at the end of their in floats; i counts up
 	// from -in to 0.
-	ends := func(base, stride string, k int) []GPVirtual {
-		p := make([]GPVirtual, k)
+	rowEnds := func(base, stride string, k int) []GPVirtual {
 		b := Load(Param(base), GP64())
 		var s Register
 		if k > 1 {
 			s = Load(Param(stride), GP64())
 			SHLQ(U8(2), s)
 		}
-		for j := range p {
-			p[j] = GP64()
-			if j == 0 {
-				LEAQ(Mem{Base: b, Index: in, Scale: 1}, p[j])
-			} else {
-				LEAQ(Mem{Base: p[j-1], Index: s, Scale: 1}, p[j])
-			}
-		}
-		return p
+		return ends(b, in, s, k)
 	}
-	wp := ends("w", "wstride", rows)
-	xp := ends("x", "xstride", toks)
+	wp := rowEnds("w", "wstride", rows)
+	xp := rowEnds("x", "xstride", toks)
 	acc := make([][]VecVirtual, toks)
 	for t := range acc {
 		acc[t] = make([]VecVirtual, rows)
