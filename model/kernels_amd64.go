@@ -102,7 +102,7 @@ func axpySlice(a float32, x, y []float32) {
 // (times scale, in pair order) at the end of its slot, where
 // decodePageBF16H4 reads it.
 func decodeQAVX2(qp, q []float32, nh, d int, scale float32) bool {
-	if nh <= 0 || nh%4 != 0 || d <= 0 || d%16 != 0 || d > pairSlot {
+	if !decodeShape(nh, d) {
 		return false
 	}
 	_ = q[nh*d-1]
@@ -114,10 +114,16 @@ func decodeQAVX2(qp, q []float32, nh, d int, scale float32) bool {
 	return true
 }
 
+// decodeShape reports whether the page routines take nh query heads of d
+// channels: blocks of 4 heads, d a multiple of 16 that fits a slot.
+func decodeShape(nh, d int) bool {
+	return nh > 0 && nh%4 == 0 && d > 0 && d%16 == 0 && d <= pairSlot
+}
+
 // decodePageAVX2 runs decodePageBF16H4 for each block of 4 heads, with qp
 // as decodeQAVX2 left it.
 func decodePageAVX2(qp []float32, k, v []byte, nh, n, d int, s, m, l, acc []float32, pfA, pfB []byte) {
-	if nh <= 0 || nh%4 != 0 || n <= 0 || d <= 0 || d%16 != 0 || d > pairSlot {
+	if n <= 0 || !decodeShape(nh, d) {
 		panic("model: decodePage: shape not taken")
 	}
 	qa := alignedQ(qp)

@@ -33,7 +33,7 @@ func tileKeys(rows []byte, n, d int) []byte {
 // the start of each head's slot of pairSlot floats, from qp's first 64-byte
 // boundary.
 func decodeQTiled(qp, q []float32, nh, d int, scale float32) bool {
-	if nh <= 0 || nh%4 != 0 || d <= 0 || d%16 != 0 || d > pairSlot {
+	if !decodeShape(nh, d) {
 		return false
 	}
 	qa := alignedQ(qp)
@@ -49,7 +49,7 @@ func decodeQTiled(qp, q []float32, nh, d int, scale float32) bool {
 // decodePageAVX2 runs the row routine; k is tiled (tileKeys).
 func decodePageTiled(qp []float32, k, v []byte, nh, n, d int, s, m, l, acc []float32, pfA, pfB []byte) {
 	tiled := (n + keyTile - 1) / keyTile * keyTile
-	if nh <= 0 || nh%4 != 0 || n <= 0 || d <= 0 || d%16 != 0 || d > pairSlot {
+	if n <= 0 || !decodeShape(nh, d) {
 		panic("model: decodePageTiled: shape not taken")
 	}
 	qa := alignedQ(qp)
