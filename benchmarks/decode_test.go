@@ -86,8 +86,7 @@ func decodeInput(b testing.TB, ctx, batch int) []model.Query {
 				for c := range row {
 					row[c] = 3*float32(math.Sqrt(float64(d))/math.Sqrt(norm))*dir[c] + 0.5*float32(rng.NormFloat64())
 				}
-				off := (g*decodeBlock + tk%decodeBlock) * d * 2
-				model.BF16.Encode(kv.K[tk/decodeBlock][off:off+2*d], row)
+				kv.PutKey(kv.K[tk/decodeBlock], g, tk%decodeBlock, row)
 			}
 		}
 		qs[i] = model.Query{Q: q, KV: kv, Start: ctx - 1, Out: make([]float32, len(q))}

@@ -39,9 +39,9 @@ type scratch struct {
 }
 
 // resize returns s with length n, reallocating only if it is too small.
-func resize(s []float32, n int) []float32 {
+func resize[E any](s []E, n int) []E {
 	if cap(s) < n {
-		return make([]float32, n)
+		return make([]E, n)
 	}
 	return s[:n]
 }
@@ -274,7 +274,7 @@ func (a *Attention) store(s *scratch, kv *PagedKV, start, n int) {
 		for g := range kh {
 			off := (g*bt + slot) * d * size
 			src := (t*kh + g) * d
-			kv.DType.Encode(kv.K[page][off:off+d*size], s.k[src:src+d])
+			kv.PutKey(kv.K[page], g, slot, s.k[src:src+d])
 			kv.DType.Encode(kv.V[page][off:off+d*size], s.v[src:src+d])
 		}
 	}

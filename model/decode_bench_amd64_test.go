@@ -94,7 +94,7 @@ func BenchmarkDecodePageCalls(b *testing.B) {
 	r := rand.New(rand.NewPCG(5, 6))
 	newState := func(r *rand.Rand) (qp, s, m, l, acc []float32) {
 		qp = make([]float32, decodeQLen(4))
-		decodeQAVX2(qp, randF32(r, 4*d), 4, d, 0.088)
+		decodeQAVX2(qp, randF32(r, 4*d), 4, d, 1, 0.088)
 		m = []float32{-1e30, -1e30, -1e30, -1e30}
 		return qp, make([]float32, 4*n), m, make([]float32, 4), make([]float32, 4*d)
 	}
@@ -104,7 +104,7 @@ func BenchmarkDecodePageCalls(b *testing.B) {
 		qp, s, m, l, acc := newState(r)
 		b.SetBytes(2 * page)
 		for b.Loop() {
-			decodePageAVX2(qp, k, v, 4, n, d, s, m, l, acc, v, k)
+			decodePageAVX2(qp, k, v, 4, n, d, 1, s, m, l, acc, v, k)
 		}
 	})
 	b.Run("memory", func(b *testing.B) {
@@ -117,7 +117,7 @@ func BenchmarkDecodePageCalls(b *testing.B) {
 			qp, s, m, l, acc := newState(rand.New(rand.NewPCG(uint64(w), 7)))
 			for i := 0; pb.Next(); i++ {
 				v := visit(w, i, 1)
-				decodePageAVX2(qp, visit(w, i, 0), v, 4, n, d, s, m, l, acc, v, visit(w, i+1, 0))
+				decodePageAVX2(qp, visit(w, i, 0), v, 4, n, d, 1, s, m, l, acc, v, visit(w, i+1, 0))
 			}
 		})
 	})

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"os"
 	"slices"
 	"strings"
@@ -14,17 +15,45 @@ import (
 
 // TestDecodePageMatchesReference folds a few pages of random bf16 K/V into
 // the online softmax with the vector set's one-call decodePage (q prepared
-// by decodeQ, acc put back in channel order at the end) and checks the
-// result against float64 attention over all of them: odd and even page
-// lengths (the routine takes rows two at a time), one row, 8 heads (two
-// blocks of 4), d from 16 to 256, and scales large enough that the max
-// moves from page to page (the rescale of l and acc).
+// by decodeQ, acc put back in channel order at the end), keys in rows and
+// in tiles of KeyTile tokens, and checks the result against float64
+// attention over all of them: odd and even page lengths (the row routine
+// takes rows two at a time; partial tiles), one row, 8 heads (two blocks
+// of 4), d from 16 to 256, and scales large enough that the max moves from
+// page to page (the rescale of l and acc). With tiles the max and
+// denominator may be off by 4e-5 rather than 1e-5: each score is one chain
+// of d multiply-adds instead of 8 lanes of d/8, and 10 runs in 3,000 came
+// to 1.0-1.6e-5.
 func TestDecodePageMatchesReference(t *testing.T) {
 	ks := decodeLoops(t)
-	checkDecodePage(t, 1e-5, ks.decodeQ, func(qp []float32, kb, vb []byte, nh, n, d int, m, l, acc []float32) {
-		// Prefetch hints over real memory of the right size.
-		ks.decodePage(qp, kb, vb, nh, n, d, make([]float32, 4*n), m, l, acc, vb, kb)
-	})
+	for _, tile := range []int{1, KeyTile} {
+		t.Run(fmt.Sprintf("tile%d", tile), func(t *testing.T) {
+			tol := 1e-5
+			if tile > 1 {
+				tol = 4e-5
+			}
+			prep := func(qp, q []float32, nh, d int, scale float32) bool { return ks.decodeQ(qp, q, nh, d, tile, scale) }
+			checkDecodePage(t, tol, prep, func(qp []float32, kb, vb []byte, nh, n, d int, m, l, acc []float32) {
+				kt := tileKeys(kb, n, d, tile)
+				// Prefetch hints over real memory of the sizes asked for.
+				ks.decodePage(qp, kt, vb, nh, n, d, tile, make([]float32, 4*len(kt)/(2*d)), m, l, acc, kt, kb)
+			})
+		})
+	}
+}
+
+// tileKeys returns n bf16 key rows of d channels (rows) in tiles of tile
+// tokens, as a key page lays them out (keyIndex), the last tile padded
+// with zero keys.
+func tileKeys(rows []byte, n, d, tile int) []byte {
+	out := make([]byte, keyBytes(n, d, 2, tile))
+	for t := range n {
+		for c := range d {
+			at := 2 * keyIndex(t, c, d, tile)
+			copy(out[at:at+2], rows[2*(t*d+c):])
+		}
+	}
+	return out
 }
 
 // checkDecodePage runs the cases of TestDecodePageMatchesReference through
@@ -118,7 +147,7 @@ func TestDecodeQRefuses(t *testing.T) {
 		for i := range qp {
 			qp[i] = float32(i)
 		}
-		took := ks.decodeQ(qp, make([]float32, nh*d), c.nh, c.d, 1)
+		took := ks.decodeQ(qp, make([]float32, nh*d), c.nh, c.d, 1, 1)
 		if took != (c.n == 0) {
 			t.Errorf("decodeQ(nh=%d, d=%d) = %v", c.nh, c.d, took)
 		}
@@ -137,7 +166,7 @@ func TestDecodeQRefuses(t *testing.T) {
 				}
 			}()
 			buf := make([]byte, 2*max(c.n, 1)*d)
-			ks.decodePage(qp, buf, buf, c.nh, c.n, c.d, make([]float32, 4*max(c.n, 1)), make([]float32, nh), make([]float32, nh), make([]float32, nh*d), nil, nil)
+			ks.decodePage(qp, buf, buf, c.nh, c.n, c.d, 1, make([]float32, 4*max(c.n, 1)), make([]float32, nh), make([]float32, nh), make([]float32, nh*d), nil, nil)
 		}()
 	}
 }
@@ -174,10 +203,16 @@ func TestPairOrder(t *testing.T) {
 func TestDecodePagePassesOverNaN(t *testing.T) {
 	ks := decodeLoops(t)
 	r := kernelRand(t)
+	for _, tile := range []int{1, KeyTile} {
+		t.Run(fmt.Sprintf("tile%d", tile), func(t *testing.T) { passOverNaN(t, ks, r, tile) })
+	}
+}
+
+func passOverNaN(t *testing.T, ks *kernels, r *rand.Rand, tile int) {
 	const nh, d, n = 4, 64, 7
 	q := randF32(r, nh*d)
 	qp := make([]float32, decodeQLen(nh))
-	if !ks.decodeQ(qp, q, nh, d, 0.125) {
+	if !ks.decodeQ(qp, q, nh, d, tile, 0.125) {
 		t.Fatal("decodeQ refused")
 	}
 	m := []float32{float32(math.Inf(-1)), float32(math.Inf(-1)), float32(math.Inf(-1)), float32(math.Inf(-1))}
@@ -190,7 +225,8 @@ func TestDecodePagePassesOverNaN(t *testing.T) {
 		if page == 0 {
 			binary.LittleEndian.PutUint16(kb[2*(n-1)*d:], 0x7fc0) // a bf16 NaN
 		}
-		ks.decodePage(qp, kb, vb, nh, n, d, make([]float32, 4*n), m, l, acc, nil, nil)
+		kt := tileKeys(kb, n, d, tile)
+		ks.decodePage(qp, kt, vb, nh, n, d, tile, make([]float32, 4*len(kt)/(2*d)), m, l, acc, nil, nil)
 		for t := range n {
 			if page == 0 && t == n-1 {
 				continue // the NaN row: weight 0
@@ -265,7 +301,7 @@ func TestDecodePageAnyAlignment(t *testing.T) {
 	kb, _ := randBF16(r, n*d)
 	vb, _ := randBF16(r, n*d)
 	run := func(qp []float32) []float32 {
-		if !ks.decodeQ(qp, q, nh, d, 0.125) {
+		if !ks.decodeQ(qp, q, nh, d, 1, 0.125) {
 			t.Fatal("decodeQ refused")
 		}
 		m := make([]float32, nh)
@@ -273,7 +309,7 @@ func TestDecodePageAnyAlignment(t *testing.T) {
 			m[h] = float32(math.Inf(-1))
 		}
 		l, acc := make([]float32, nh), make([]float32, nh*d)
-		ks.decodePage(qp, kb, vb, nh, n, d, make([]float32, 4*n), m, l, acc, nil, nil)
+		ks.decodePage(qp, kb, vb, nh, n, d, 1, make([]float32, 4*n), m, l, acc, nil, nil)
 		return append(acc, l...)
 	}
 	big := make([]float32, decodeQLen(nh)+16)

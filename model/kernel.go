@@ -176,7 +176,7 @@ func (k *Kernel) setLoops(l *kernels) {
 	k.pairQ = false
 	if l.decodeQ != nil && l.decodePage != nil {
 		// Whether the routine takes a group's rows of this head_dim.
-		k.pairQ = l.decodeQ(make([]float32, decodeQLen(k.group)), make([]float32, k.group*k.dim), k.group, k.dim, 1)
+		k.pairQ = l.decodeQ(make([]float32, decodeQLen(k.group)), make([]float32, k.group*k.dim), k.group, k.dim, 1, 1)
 	}
 }
 
@@ -202,6 +202,7 @@ type kscratch struct {
 	pm     []float32  // each row's max over the current page's scores
 	s      []float32  // scores then weights, [rows][BlockTokens]
 	kp, vp []float32  // decoded page rows when the page is not viewable in place
+	kr     []byte     // a page's key rows, when its keys are in tiles
 	route  []float32  // router scores, [pages]
 	seq    []visit    // the item's (head, page) pairs in order
 	states []rowState // the item's softmax state per head
@@ -561,7 +562,7 @@ func (p *plan) runItem(it *item, s *kscratch) {
 	k := p.k
 	qq := &p.qs[it.q]
 	kv := qq.KV
-	d, group, bt := k.dim, k.group, kv.BlockTokens
+	d, group, bt, tile := k.dim, k.group, kv.BlockTokens, kv.KeyTileTokens()
 	heads := it.heads
 	rows := (it.t1 - it.t0) * group // per head
 	var q []float32                 // the rows of each head in turn, [heads][rows][d]
@@ -600,7 +601,7 @@ func (p *plan) runItem(it *item, s *kscratch) {
 		ql = decodeQLen(rows)
 		s.qp = resize(s.qp, heads*ql)
 		for hi := range heads {
-			if !k.loops.decodeQ(s.qp[hi*ql:(hi+1)*ql], q[hi*rows*d:(hi+1)*rows*d], rows, d, k.scale) {
+			if !k.loops.decodeQ(s.qp[hi*ql:(hi+1)*ql], q[hi*rows*d:(hi+1)*rows*d], rows, d, tile, k.scale) {
 				panic("model: decodeQ refused the shape it took in NewKernel")
 			}
 		}
@@ -660,9 +661,11 @@ func (p *plan) runItem(it *item, s *kscratch) {
 		st := &s.states[v.hi]
 		count := min(bt, last+1-v.pg*bt)
 		if st.qp != nil {
-			// A decode token sees every key of the page: one call.
-			kb, vb := v.k[:count*d*2], v.v[:count*d*2]
-			k.loops.decodePage(st.qp, kb, vb, rows, count, d, s.s, st.m, st.l, st.acc, vb, next)
+			// A decode token sees every key of the page: one call. Its
+			// keys are whole tiles.
+			kn := keyBytes(count, d, 2, tile)
+			kb, vb := v.k[:kn], v.v[:count*d*2]
+			k.loops.decodePage(st.qp, kb, vb, rows, count, d, tile, s.s, st.m, st.l, st.acc, v.v[:kn], next)
 			continue
 		}
 		p.page(it, s, st, it.g+v.hi, kv, v.pg, count, rows, next)
@@ -734,10 +737,22 @@ func (p *plan) page(it *item, s *kscratch, st *rowState, g int, kv *PagedKV, pg,
 	off := g * bt * d * size
 	kb := kv.K[pg][off : off+count*d*size]
 	vb := kv.V[pg][off : off+count*d*size]
+	tile := kv.KeyTileTokens()
+	if tile > 1 && kv.DType != BF16 {
+		// Only bf16 keys have loops over tiles; these are put back in rows.
+		s.kr = untileKeys(s.kr, kv.K[pg][off:off+bt*d*size], count, d, size, tile)
+		kb, tile = s.kr, 1
+	}
 	var vf []float32
 	var mx []float32 // each row's max over the page's count scores, if known
-	switch kv.DType {
-	case BF16:
+	switch {
+	case tile > 1:
+		// Scores of the page's whole tiles, in the rows of s.s (bt of
+		// them, a multiple of the tile); the max comes from the visible
+		// ones below.
+		kn := keyBytes(count, d, size, tile)
+		k.loops.scoresTiled(s.s, st.q, kv.K[pg][off:off+kn], rows, count, d, bt, k.scale, kv.V[pg][off:off+kn], next)
+	case kv.DType == BF16:
 		// One call for the page's scores. V is read after them and the next
 		// page's K after that: the kernel asks for both a few rows at a
 		// time, along with the key rows it is scoring, so that they arrive

@@ -106,7 +106,7 @@ func kernelInput(t testing.TB, c attendCase, rng *rand.Rand) (Query, Config) {
 				for i := range row {
 					row[i] = float32(rng.NormFloat64())
 				}
-				c.dtype.Encode(kv.K[p][off:off+c.dim*size], row)
+				kv.PutKey(kv.K[p], g, s, row)
 				for i := range row {
 					row[i] = float32(rng.NormFloat64())
 				}
@@ -324,7 +324,6 @@ func structuredInput(t testing.TB, rng *rand.Rand, cfg Config, ctx, block, stron
 	c := attendCase{heads: cfg.NumHeads, kvHeads: cfg.NumKVHeads, dim: cfg.HeadDim, dtype: BF16, block: block, start: ctx - 1, n: 1}
 	q, _ := kernelInput(t, c, rng)
 	d, group := cfg.HeadDim, cfg.NumHeads/cfg.NumKVHeads
-	size := BF16.Size()
 	row := make([]float32, d)
 	for g := range cfg.NumKVHeads {
 		// The group's mean query direction.
@@ -338,8 +337,7 @@ func structuredInput(t testing.TB, rng *rand.Rand, cfg Config, ctx, block, stron
 			for i := range row {
 				row[i] = 3*float32(math.Sqrt(float64(d)))*dir[i] + float32(rng.NormFloat64())*0.5
 			}
-			off := ((g*block + tk%block) * d) * size
-			BF16.Encode(q.KV.K[tk/block][off:off+d*size], row)
+			q.KV.PutKey(q.KV.K[tk/block], g, tk%block, row)
 		}
 	}
 	return q

@@ -30,6 +30,13 @@ type kernels struct {
 	// the caches a few lines per key row, along with the rows of k; a hint,
 	// ignored by the Go set and for a slice shorter than 2*n*d.
 	scoresBF16 func(out, q []float32, k []byte, nh, n, d, ostride int, scale float32, mx []float32, pfA, pfB []byte)
+	// scoresTiled is scoresBF16 over keys in tiles of KeyTile tokens,
+	// K(t,c) the bf16 value at k[2*keyIndex(t, c, d, KeyTile):], without
+	// mx, and writing every token of the tiles it reads: out[h*ostride+t]
+	// for t < n rounded up to whole tiles (ostride at least that; k holds
+	// whole tiles). The vector set asks for as many bytes of pfA and pfB
+	// as it reads of k.
+	scoresTiled func(out, q []float32, k []byte, nh, n, d, ostride int, scale float32, pfA, pfB []byte)
 	// scoresF32: the same with K(t,c) = k[t*d+c].
 	scoresF32 func(out, q, k []float32, nh, n, d, ostride int, scale float32)
 	// accumBF16 adds acc[h*d+c] += Σ_{t<n} p[h*pstride+t] * V(t,c) for h < nh, c < d,
@@ -47,26 +54,28 @@ type kernels struct {
 	maxF32 func(x []float32) float32
 	// decodeQ and decodePage fold bf16 pages into the online softmax of
 	// the nh query heads of one decode token, one call per page: with K(t,c)
-	// and V(t,c) the bf16 values at k and v as in scoresBF16 and
-	// accumBF16, and s_h(t) = scale * Σ_c q[h*d+c]*K(t,c) for t < n,
-	// decodePage sets M = max(m[h], max_t s_h(t)), then
+	// the bf16 keys at k in tiles of tile tokens (see KeyTile; 1: rows),
+	// V(t,c) the bf16 values at v as in accumBF16, and s_h(t) = scale *
+	// Σ_c q[h*d+c]*K(t,c) for t < n, decodePage sets M = max(m[h], max_t
+	// s_h(t)), then
 	// l[h] = l[h]*e^(m[h]-M) + Σ_t e^(s_h(t)-M),
 	// acc[h*d+c] = acc[h*d+c]*e^(m[h]-M) + Σ_t e^(s_h(t)-M)*V(t,c), m[h] = M,
-	// using s[:4*n] as scratch. The token's q is prepared once, by decodeQ
-	// into qp (len decodeQLen(nh)): scaled and laid out as the routine
-	// reads it; decodeQ reports false, writing nothing, for shapes the
-	// routine does not take (then the caller runs the separate loops).
+	// using s[:4*n'] as scratch, n' = n rounded up to whole tiles (k holds
+	// whole tiles). The token's q is prepared once, by decodeQ into qp (len
+	// decodeQLen(nh)): scaled and laid out as the routine for that tile
+	// reads it; decodeQ reports false, writing nothing, for shapes or tiles
+	// the routines do not take (then the caller runs the separate loops).
 	// acc stays in pair order (see pairorder.go) from page to page; the
 	// caller puts it back in channel order with fromPairOrder when the
 	// pages are done. A NaN score is passed over (weight 0), as in the
-	// separate loops. decodePage asks for the first n*2*d bytes of pfA (in
-	// decode, this page's values) to be brought into the caches while it
-	// scores (a line per 32 bytes of key rows) and those of pfB (the next
-	// page's keys) while it sums (a line per two tokens of each block of
-	// channels); a hint, as in scoresBF16. Both are nil where no set of
-	// such loops exists.
-	decodeQ    func(qp, q []float32, nh, d int, scale float32) bool
-	decodePage func(qp []float32, k, v []byte, nh, n, d int, s, m, l, acc []float32, pfA, pfB []byte)
+	// separate loops. decodePage asks for pfA's first bytes, as many as k's
+	// (in decode, this page's values), to be brought into the caches while
+	// it scores, and the first n*2*d bytes of pfB (the next page's keys)
+	// while it sums (a line per two tokens of each block of channels); a
+	// hint, as in scoresBF16. Both are nil where no set of such loops
+	// exists.
+	decodeQ    func(qp, q []float32, nh, d, tile int, scale float32) bool
+	decodePage func(qp []float32, k, v []byte, nh, n, d, tile int, s, m, l, acc []float32, pfA, pfB []byte)
 	// prefetch asks for b to be brought into the caches ahead of use; a
 	// hint, a no-op where there is no instruction for it.
 	prefetch func(b []byte)
@@ -80,16 +89,17 @@ type kernels struct {
 
 // goKernels is the pure Go set, always available.
 var goKernels = &kernels{
-	name:       "go",
-	scoresBF16: scoresBF16Go,
-	scoresF32:  scoresF32Go,
-	accumBF16:  accumBF16Go,
-	accumF32:   accumF32Go,
-	expSum:     expSumGo,
-	maxF32:     maxF32Go,
-	prefetch:   func([]byte) {},
-	axpy:       axpy,
-	linear:     linearGo,
+	name:        "go",
+	scoresBF16:  scoresBF16Go,
+	scoresTiled: scoresTiledGo,
+	scoresF32:   scoresF32Go,
+	accumBF16:   accumBF16Go,
+	accumF32:    accumF32Go,
+	expSum:      expSumGo,
+	maxF32:      maxF32Go,
+	prefetch:    func([]byte) {},
+	axpy:        axpy,
+	linear:      linearGo,
 }
 
 func maxF32Go(x []float32) float32 {
@@ -151,6 +161,31 @@ func scoresBF16Go(out, q []float32, k []byte, nh, n, d, ostride int, scale float
 		}
 		if mx != nil {
 			mx[h] = maxF32Go(oh)
+		}
+	}
+}
+
+func scoresTiledGo(out, q []float32, k []byte, nh, n, d, ostride int, scale float32, _, _ []byte) {
+	if nh <= 0 || n <= 0 {
+		return
+	}
+	whole := (n + KeyTile - 1) / KeyTile * KeyTile
+	var acc [KeyTile]float32
+	for h := range nh {
+		qh := q[h*d : h*d+d]
+		for t0 := 0; t0 < whole; t0 += KeyTile {
+			tile := k[2*t0*d : 2*(t0+KeyTile)*d]
+			clear(acc[:])
+			for c, x := range qh {
+				ch := tile[2*c*KeyTile : 2*(c+1)*KeyTile]
+				for j := range acc {
+					acc[j] += x * math.Float32frombits(uint32(binary.LittleEndian.Uint16(ch[2*j:]))<<16)
+				}
+			}
+			oh := out[h*ostride+t0 : h*ostride+t0+KeyTile]
+			for j, s := range acc {
+				oh[j] = scale * s
+			}
 		}
 	}
 }

@@ -16,18 +16,19 @@ func newAVX2Kernels(ok bool) *kernels {
 		return nil
 	}
 	return &kernels{
-		name:       "avx2",
-		scoresBF16: scoresBF16AVX2,
-		scoresF32:  scoresF32AVX2,
-		accumBF16:  accumBF16AVX2,
-		accumF32:   accumF32AVX2,
-		expSum:     expSumAVX2Slice,
-		maxF32:     maxF32Slice,
-		prefetch:   prefetchSlice,
-		decodeQ:    decodeQAVX2,
-		decodePage: decodePageAVX2,
-		axpy:       axpySlice,
-		linear:     linearAVX2,
+		name:        "avx2",
+		scoresBF16:  scoresBF16AVX2,
+		scoresTiled: scoresTiledAVX2,
+		scoresF32:   scoresF32AVX2,
+		accumBF16:   accumBF16AVX2,
+		accumF32:    accumF32AVX2,
+		expSum:      expSumAVX2Slice,
+		maxF32:      maxF32Slice,
+		prefetch:    prefetchSlice,
+		decodeQ:     decodeQAVX2,
+		decodePage:  decodePageAVX2,
+		axpy:        axpySlice,
+		linear:      linearAVX2,
 	}
 }
 
@@ -97,19 +98,27 @@ func axpySlice(a float32, x, y []float32) {
 }
 
 // decodeQAVX2 prepares q for decodePageAVX2: nh a multiple of 4 and d a
-// multiple of 16 up to pairSlot. From the first 64-byte boundary of qp,
-// each block of 4 heads takes 4 slots of pairSlot floats, head h's q
-// (times scale, in pair order) at the end of its slot, where
-// decodePageBF16H4 reads it.
-func decodeQAVX2(qp, q []float32, nh, d int, scale float32) bool {
-	if !decodeShape(nh, d) {
+// multiple of 16 up to pairSlot, keys in rows (tile 1) or in tiles of
+// KeyTile tokens. From the first 64-byte boundary of qp, each block of 4
+// heads takes 4 slots of pairSlot floats, with head h's q times scale where
+// the page routine reads it: in pair order at the end of its slot for
+// decodePageBF16H4, in channel order at the start for
+// decodePageTiledBF16H4.
+func decodeQAVX2(qp, q []float32, nh, d, tile int, scale float32) bool {
+	if !decodeShape(nh, d) || (tile != 1 && tile != KeyTile) {
 		return false
 	}
 	_ = q[nh*d-1]
 	qa := alignedQ(qp)
 	_ = qa[nh*pairSlot-1]
 	for h := range nh {
-		toPairsAVX2(&qa[(h+1)*pairSlot-d], &q[h*d], d, scale)
+		if tile == 1 {
+			toPairsAVX2(&qa[(h+1)*pairSlot-d], &q[h*d], d, scale)
+			continue
+		}
+		for c, x := range q[h*d : (h+1)*d] {
+			qa[h*pairSlot+c] = scale * x
+		}
 	}
 	return true
 }
@@ -120,29 +129,35 @@ func decodeShape(nh, d int) bool {
 	return nh > 0 && nh%4 == 0 && d > 0 && d%16 == 0 && d <= pairSlot
 }
 
-// decodePageAVX2 runs decodePageBF16H4 for each block of 4 heads, with qp
-// as decodeQAVX2 left it.
-func decodePageAVX2(qp []float32, k, v []byte, nh, n, d int, s, m, l, acc []float32, pfA, pfB []byte) {
-	if n <= 0 || !decodeShape(nh, d) {
+// decodePageAVX2 runs the page routine of the keys' layout for each block
+// of 4 heads, with qp as decodeQAVX2 left it for that tile: k holds
+// keyBytes(n, d, 2, tile) bytes, whole tiles.
+func decodePageAVX2(qp []float32, k, v []byte, nh, n, d, tile int, s, m, l, acc []float32, pfA, pfB []byte) {
+	if n <= 0 || !decodeShape(nh, d) || (tile != 1 && tile != KeyTile) {
 		panic("model: decodePage: shape not taken")
 	}
+	kb := keyBytes(n, d, 2, tile)
 	qa := alignedQ(qp)
 	_ = qa[nh*pairSlot-1]
-	_ = k[2*n*d-1]
+	_ = k[kb-1]
 	_ = v[2*n*d-1]
-	_ = s[4*n-1]
+	_ = s[4*kb/(2*d)-1]
 	_ = m[nh-1]
 	_ = l[nh-1]
 	_ = acc[nh*d-1]
 	pa, pb := &k[0], &k[0]
-	if len(pfA) >= 2*n*d {
+	if len(pfA) >= kb {
 		pa = &pfA[0]
 	}
 	if len(pfB) >= 2*n*d {
 		pb = &pfB[0]
 	}
+	page := decodePageBF16H4
+	if tile == KeyTile {
+		page = decodePageTiledBF16H4
+	}
 	for h := 0; h < nh; h += 4 {
-		decodePageBF16H4(&qa[h*pairSlot], &k[0], &v[0], n, d, &s[0], &m[h], &l[h], &acc[h*d], pa, pb)
+		page(&qa[h*pairSlot], &k[0], &v[0], n, d, &s[0], &m[h], &l[h], &acc[h*d], pa, pb)
 		pa, pb = &k[0], &k[0]
 	}
 }
@@ -464,13 +479,11 @@ func linearR8T1(y *float32, ystride int, x *float32, xstride int, w *float32, ws
 func linearR1T1(y *float32, ystride int, x *float32, xstride int, w *float32, wstride int, in int)
 
 // decodePageTiledBF16H4 is decodePageBF16H4 over keys laid out in tiles of
-// 16 tokens (for each tile, each channel's 16 values together), with q in
-// channel order at the start of each slot, s[:4*ceil(n/16)*16] as scratch,
-// and ceil(n/16)*32*d bytes prefetched at pfA (as many as the keys it
-// reads). No page format has such keys yet: BenchmarkDecodePageLayouts
-// measures what they would give against the row routine (the horizontal
-// sums of the scores go away), and TestDecodePageTiled checks it against
-// float64 attention.
+// KeyTile tokens (for each tile, each channel's 16 values together), with
+// q in channel order at the start of each slot, s[:4*ceil(n/16)*16] as
+// scratch, and ceil(n/16)*32*d bytes prefetched at pfA (as many as the
+// keys it reads): the page routine of the shapes whose keys are in tiles
+// (KeyTileFor).
 //
 //go:noescape
 func decodePageTiledBF16H4(qp *float32, k *byte, v *byte, n int, d int, s *float32, m *float32, l *float32, acc *float32, pfA *byte, pfB *byte)
@@ -501,3 +514,58 @@ func prefetchT0(p *byte, n int)
 //
 //go:noescape
 func maxF32AVX2(x *float32, n int) float32
+
+// scoresTiledBF16H4, H2 and H1 set out[h*ostride+t] = scale * Σ_c
+// q[h*d+c]*K(t,c) for h < 4 (2, 1) and t < n rounded up to whole tiles,
+// the keys at k in tiles of KeyTile tokens ([d][16] bf16 each); n > 0, d >
+// 0 and even. They prefetch as many bytes at pfA and pfB as they read at
+// k.
+//
+//go:noescape
+func scoresTiledBF16H4(out *float32, q *float32, k *byte, n int, d int, ostride int, scale float32, pfA *byte, pfB *byte)
+
+//go:noescape
+func scoresTiledBF16H2(out *float32, q *float32, k *byte, n int, d int, ostride int, scale float32, pfA *byte, pfB *byte)
+
+//go:noescape
+func scoresTiledBF16H1(out *float32, q *float32, k *byte, n int, d int, ostride int, scale float32, pfA *byte, pfB *byte)
+
+// scoresTiledAVX2 runs scoresTiledBF16H4 for each block of 4 heads, then
+// H2 and H1 for the rest; odd d goes to scoresTiledGo.
+func scoresTiledAVX2(out, q []float32, k []byte, nh, n, d, ostride int, scale float32, pfA, pfB []byte) {
+	if nh <= 0 || n <= 0 {
+		return
+	}
+	if d <= 0 || d%2 != 0 {
+		scoresTiledGo(out, q, k, nh, n, d, ostride, scale, pfA, pfB)
+		return
+	}
+	whole := (n + KeyTile - 1) / KeyTile * KeyTile
+	if ostride < whole {
+		panic("model: scoresTiled: rows of out shorter than whole tiles")
+	}
+	kb := keyBytes(n, d, 2, KeyTile)
+	_ = k[kb-1]
+	_ = q[nh*d-1]
+	_ = out[(nh-1)*ostride+whole-1]
+	pa, pb := &k[0], &k[0]
+	if len(pfA) >= kb {
+		pa = &pfA[0]
+	}
+	if len(pfB) >= kb {
+		pb = &pfB[0]
+	}
+	h := 0
+	for ; h+4 <= nh; h += 4 {
+		scoresTiledBF16H4(&out[h*ostride], &q[h*d], &k[0], n, d, ostride, scale, pa, pb)
+		pa, pb = &k[0], &k[0] // asked for once
+	}
+	if h+2 <= nh {
+		scoresTiledBF16H2(&out[h*ostride], &q[h*d], &k[0], n, d, ostride, scale, pa, pb)
+		pa, pb = &k[0], &k[0]
+		h += 2
+	}
+	if h < nh {
+		scoresTiledBF16H1(&out[h*ostride], &q[h*d], &k[0], n, d, ostride, scale, pa, pb)
+	}
+}

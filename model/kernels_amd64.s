@@ -1148,6 +1148,246 @@ scored:
 	VZEROUPPER
 	RET
 
+// func scoresTiledBF16H4(out *float32, q *float32, k *byte, n int, d int, ostride int, scale float32, pfA *byte, pfB *byte)
+// Requires: AVX, AVX2, FMA3, MMX+
+TEXT ·scoresTiledBF16H4(SB), NOSPLIT, $0-72
+	MOVQ         k+16(FP), AX
+	MOVQ         n+24(FP), CX
+	MOVQ         out+0(FP), DX
+	MOVQ         pfA+56(FP), BX
+	MOVQ         pfB+64(FP), SI
+	MOVQ         d+32(FP), DI
+	SHLQ         $0x02, DI
+	MOVQ         q+8(FP), R8
+	LEAQ         (R8)(DI*1), R9
+	LEAQ         (R9)(DI*1), R10
+	LEAQ         (R10)(DI*1), R11
+	MOVQ         ostride+40(FP), R12
+	SHLQ         $0x02, R12
+	VBROADCASTSS scale+48(FP), Y0
+
+tiles:
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	VXORPS Y4, Y4, Y4
+	VXORPS Y5, Y5, Y5
+	VXORPS Y6, Y6, Y6
+	VXORPS Y7, Y7, Y7
+	VXORPS Y8, Y8, Y8
+	XORQ   R13, R13
+
+chans:
+	VMOVDQU      (AX)(R13*8), Y9
+	VPSLLD       $0x10, Y9, Y10
+	VPAND        attn_pair_mask<>+0(SB), Y9, Y9
+	VBROADCASTSS (R8)(R13*1), Y11
+	VFMADD231PS  Y10, Y11, Y1
+	VFMADD231PS  Y9, Y11, Y2
+	VBROADCASTSS (R9)(R13*1), Y11
+	VFMADD231PS  Y10, Y11, Y3
+	VFMADD231PS  Y9, Y11, Y4
+	VBROADCASTSS (R10)(R13*1), Y11
+	VFMADD231PS  Y10, Y11, Y5
+	VFMADD231PS  Y9, Y11, Y6
+	VBROADCASTSS (R11)(R13*1), Y11
+	VFMADD231PS  Y10, Y11, Y7
+	VFMADD231PS  Y9, Y11, Y8
+	VMOVDQU      32(AX)(R13*8), Y9
+	VPSLLD       $0x10, Y9, Y10
+	VPAND        attn_pair_mask<>+0(SB), Y9, Y9
+	VBROADCASTSS 4(R8)(R13*1), Y11
+	VFMADD231PS  Y10, Y11, Y1
+	VFMADD231PS  Y9, Y11, Y2
+	VBROADCASTSS 4(R9)(R13*1), Y11
+	VFMADD231PS  Y10, Y11, Y3
+	VFMADD231PS  Y9, Y11, Y4
+	VBROADCASTSS 4(R10)(R13*1), Y11
+	VFMADD231PS  Y10, Y11, Y5
+	VFMADD231PS  Y9, Y11, Y6
+	VBROADCASTSS 4(R11)(R13*1), Y11
+	VFMADD231PS  Y10, Y11, Y7
+	VFMADD231PS  Y9, Y11, Y8
+	PREFETCHT0   (BX)
+	PREFETCHT0   (SI)
+	ADDQ         $0x40, BX
+	ADDQ         $0x40, SI
+	ADDQ         $0x08, R13
+	CMPQ         R13, DI
+	JL           chans
+	MOVQ         DX, R13
+	VUNPCKLPS    Y2, Y1, Y9
+	VUNPCKHPS    Y2, Y1, Y1
+	VPERM2F128   $0x20, Y1, Y9, Y2
+	VPERM2F128   $0x31, Y1, Y9, Y1
+	VMULPS       Y0, Y2, Y2
+	VMULPS       Y0, Y1, Y1
+	VMOVUPS      Y2, (R13)
+	VMOVUPS      Y1, 32(R13)
+	ADDQ         R12, R13
+	VUNPCKLPS    Y4, Y3, Y1
+	VUNPCKHPS    Y4, Y3, Y2
+	VPERM2F128   $0x20, Y2, Y1, Y3
+	VPERM2F128   $0x31, Y2, Y1, Y1
+	VMULPS       Y0, Y3, Y3
+	VMULPS       Y0, Y1, Y1
+	VMOVUPS      Y3, (R13)
+	VMOVUPS      Y1, 32(R13)
+	ADDQ         R12, R13
+	VUNPCKLPS    Y6, Y5, Y1
+	VUNPCKHPS    Y6, Y5, Y2
+	VPERM2F128   $0x20, Y2, Y1, Y3
+	VPERM2F128   $0x31, Y2, Y1, Y1
+	VMULPS       Y0, Y3, Y3
+	VMULPS       Y0, Y1, Y1
+	VMOVUPS      Y3, (R13)
+	VMOVUPS      Y1, 32(R13)
+	ADDQ         R12, R13
+	VUNPCKLPS    Y8, Y7, Y1
+	VUNPCKHPS    Y8, Y7, Y2
+	VPERM2F128   $0x20, Y2, Y1, Y3
+	VPERM2F128   $0x31, Y2, Y1, Y1
+	VMULPS       Y0, Y3, Y3
+	VMULPS       Y0, Y1, Y1
+	VMOVUPS      Y3, (R13)
+	VMOVUPS      Y1, 32(R13)
+	ADDQ         $0x40, DX
+	LEAQ         (AX)(DI*8), AX
+	SUBQ         $0x10, CX
+	JG           tiles
+	VZEROUPPER
+	RET
+
+// func scoresTiledBF16H2(out *float32, q *float32, k *byte, n int, d int, ostride int, scale float32, pfA *byte, pfB *byte)
+// Requires: AVX, AVX2, FMA3, MMX+
+TEXT ·scoresTiledBF16H2(SB), NOSPLIT, $0-72
+	MOVQ         k+16(FP), AX
+	MOVQ         n+24(FP), CX
+	MOVQ         out+0(FP), DX
+	MOVQ         pfA+56(FP), BX
+	MOVQ         pfB+64(FP), SI
+	MOVQ         d+32(FP), DI
+	SHLQ         $0x02, DI
+	MOVQ         q+8(FP), R8
+	LEAQ         (R8)(DI*1), R9
+	MOVQ         ostride+40(FP), R10
+	SHLQ         $0x02, R10
+	VBROADCASTSS scale+48(FP), Y0
+
+tiles:
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	VXORPS Y4, Y4, Y4
+	XORQ   R11, R11
+
+chans:
+	VMOVDQU      (AX)(R11*8), Y5
+	VPSLLD       $0x10, Y5, Y6
+	VPAND        attn_pair_mask<>+0(SB), Y5, Y5
+	VBROADCASTSS (R8)(R11*1), Y7
+	VFMADD231PS  Y6, Y7, Y1
+	VFMADD231PS  Y5, Y7, Y2
+	VBROADCASTSS (R9)(R11*1), Y7
+	VFMADD231PS  Y6, Y7, Y3
+	VFMADD231PS  Y5, Y7, Y4
+	VMOVDQU      32(AX)(R11*8), Y5
+	VPSLLD       $0x10, Y5, Y6
+	VPAND        attn_pair_mask<>+0(SB), Y5, Y5
+	VBROADCASTSS 4(R8)(R11*1), Y7
+	VFMADD231PS  Y6, Y7, Y1
+	VFMADD231PS  Y5, Y7, Y2
+	VBROADCASTSS 4(R9)(R11*1), Y7
+	VFMADD231PS  Y6, Y7, Y3
+	VFMADD231PS  Y5, Y7, Y4
+	PREFETCHT0   (BX)
+	PREFETCHT0   (SI)
+	ADDQ         $0x40, BX
+	ADDQ         $0x40, SI
+	ADDQ         $0x08, R11
+	CMPQ         R11, DI
+	JL           chans
+	MOVQ         DX, R11
+	VUNPCKLPS    Y2, Y1, Y5
+	VUNPCKHPS    Y2, Y1, Y1
+	VPERM2F128   $0x20, Y1, Y5, Y2
+	VPERM2F128   $0x31, Y1, Y5, Y1
+	VMULPS       Y0, Y2, Y2
+	VMULPS       Y0, Y1, Y1
+	VMOVUPS      Y2, (R11)
+	VMOVUPS      Y1, 32(R11)
+	ADDQ         R10, R11
+	VUNPCKLPS    Y4, Y3, Y1
+	VUNPCKHPS    Y4, Y3, Y2
+	VPERM2F128   $0x20, Y2, Y1, Y3
+	VPERM2F128   $0x31, Y2, Y1, Y1
+	VMULPS       Y0, Y3, Y3
+	VMULPS       Y0, Y1, Y1
+	VMOVUPS      Y3, (R11)
+	VMOVUPS      Y1, 32(R11)
+	ADDQ         $0x40, DX
+	LEAQ         (AX)(DI*8), AX
+	SUBQ         $0x10, CX
+	JG           tiles
+	VZEROUPPER
+	RET
+
+// func scoresTiledBF16H1(out *float32, q *float32, k *byte, n int, d int, ostride int, scale float32, pfA *byte, pfB *byte)
+// Requires: AVX, AVX2, FMA3, MMX+
+TEXT ·scoresTiledBF16H1(SB), NOSPLIT, $0-72
+	MOVQ         k+16(FP), AX
+	MOVQ         n+24(FP), CX
+	MOVQ         out+0(FP), DX
+	MOVQ         pfA+56(FP), BX
+	MOVQ         pfB+64(FP), SI
+	MOVQ         d+32(FP), DI
+	SHLQ         $0x02, DI
+	MOVQ         q+8(FP), R8
+	MOVQ         ostride+40(FP), R9
+	SHLQ         $0x02, R9
+	VBROADCASTSS scale+48(FP), Y0
+
+tiles:
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	XORQ   R9, R9
+
+chans:
+	VMOVDQU      (AX)(R9*8), Y3
+	VPSLLD       $0x10, Y3, Y4
+	VPAND        attn_pair_mask<>+0(SB), Y3, Y3
+	VBROADCASTSS (R8)(R9*1), Y5
+	VFMADD231PS  Y4, Y5, Y1
+	VFMADD231PS  Y3, Y5, Y2
+	VMOVDQU      32(AX)(R9*8), Y3
+	VPSLLD       $0x10, Y3, Y4
+	VPAND        attn_pair_mask<>+0(SB), Y3, Y3
+	VBROADCASTSS 4(R8)(R9*1), Y5
+	VFMADD231PS  Y4, Y5, Y1
+	VFMADD231PS  Y3, Y5, Y2
+	PREFETCHT0   (BX)
+	PREFETCHT0   (SI)
+	ADDQ         $0x40, BX
+	ADDQ         $0x40, SI
+	ADDQ         $0x08, R9
+	CMPQ         R9, DI
+	JL           chans
+	MOVQ         DX, R9
+	VUNPCKLPS    Y2, Y1, Y3
+	VUNPCKHPS    Y2, Y1, Y1
+	VPERM2F128   $0x20, Y1, Y3, Y2
+	VPERM2F128   $0x31, Y1, Y3, Y1
+	VMULPS       Y0, Y2, Y2
+	VMULPS       Y0, Y1, Y1
+	VMOVUPS      Y2, (R9)
+	VMOVUPS      Y1, 32(R9)
+	ADDQ         $0x40, DX
+	LEAQ         (AX)(DI*8), AX
+	SUBQ         $0x10, CX
+	JG           tiles
+	VZEROUPPER
+	RET
+
 // func accumBF16H4(acc *float32, p *float32, v *byte, n int, d int, pstride int)
 // Requires: AVX, AVX2, FMA3
 TEXT ·accumBF16H4(SB), NOSPLIT, $0-48

@@ -9,81 +9,10 @@ import (
 	"time"
 )
 
-// keyTile is the number of tokens in a tile of decodePageTiledBF16H4's
-// keys.
-const keyTile = 16
-
-// tileKeys returns n bf16 key rows of d channels (rows) in tiles of
-// keyTile tokens, each tile's channels in turn with its tokens' values
-// together, the last tile padded with zero keys.
-func tileKeys(rows []byte, n, d int) []byte {
-	tiles := (n + keyTile - 1) / keyTile
-	out := make([]byte, tiles*keyTile*d*2)
-	for t := range n {
-		t0 := t - t%keyTile
-		for c := range d {
-			at := 2 * (t0*d + c*keyTile + t - t0)
-			copy(out[at:at+2], rows[2*(t*d+c):])
-		}
-	}
-	return out
-}
-
-// decodeQTiled prepares q for decodePageTiled: scale*q in channel order at
-// the start of each head's slot of pairSlot floats, from qp's first 64-byte
-// boundary.
-func decodeQTiled(qp, q []float32, nh, d int, scale float32) bool {
-	if !decodeShape(nh, d) {
-		return false
-	}
-	qa := alignedQ(qp)
-	for h := range nh {
-		for c, x := range q[h*d : (h+1)*d] {
-			qa[h*pairSlot+c] = scale * x
-		}
-	}
-	return true
-}
-
-// decodePageTiled runs decodePageTiledBF16H4 for each block of 4 heads, as
-// decodePageAVX2 runs the row routine; k is tiled (tileKeys).
-func decodePageTiled(qp []float32, k, v []byte, nh, n, d int, s, m, l, acc []float32, pfA, pfB []byte) {
-	tiled := (n + keyTile - 1) / keyTile * keyTile
-	if n <= 0 || !decodeShape(nh, d) {
-		panic("model: decodePageTiled: shape not taken")
-	}
-	qa := alignedQ(qp)
-	_ = qa[nh*pairSlot-1]
-	_ = k[2*tiled*d-1]
-	_ = v[2*n*d-1]
-	_ = s[4*tiled-1]
-	_ = acc[nh*d-1]
-	_, _ = m[nh-1], l[nh-1]
-	_, _ = pfA[2*tiled*d-1], pfB[2*n*d-1]
-	for h := 0; h < nh; h += 4 {
-		decodePageTiledBF16H4(&qa[h*pairSlot], &k[0], &v[0], n, d, &s[0], &m[h], &l[h], &acc[h*d], &pfA[0], &pfB[0])
-	}
-}
-
-// TestDecodePageTiled checks the tiled-key routine against float64
-// attention on the cases of TestDecodePageMatchesReference: pages of 1 to
-// 64 tokens (partial tiles among them), 4 and 8 heads, d from 16 to 256.
-// Its max and denominator may be off by 4e-5 rather than the row routine's
-// 1e-5: each score is one chain of d multiply-adds instead of 8 lanes of
-// d/8, and 10 runs in 3,000 came to 1.0-1.6e-5.
-func TestDecodePageTiled(t *testing.T) {
-	decodeLoops(t)
-	checkDecodePage(t, 4e-5, decodeQTiled, func(qp []float32, kb, vb []byte, nh, n, d int, m, l, acc []float32) {
-		tiled := (n + keyTile - 1) / keyTile * keyTile
-		kt := tileKeys(kb, n, d)
-		// The prefetch hints over real memory of the sizes asked for.
-		decodePageTiled(qp, kt, vb, nh, n, d, make([]float32, 4*tiled), m, l, acc, kt, kb)
-	})
-}
-
 // BenchmarkDecodePageLayouts compares, in the same run, the page routine
-// over keys in rows (the page format) with the one over keys in tiles of
-// 16 tokens (decodePageTiledBF16H4), one call per page of 64 tokens, 4
+// over keys in rows (the page format before tiles, still that of shapes
+// KeyTileFor gives rows) with the one over keys in tiles of 16 tokens
+// (decodePageTiledBF16H4), one call per page of 64 tokens, 4
 // query heads of 128, on every core: l2 over one page per core again and
 // again, memory over 512 MiB of pages walked as BenchmarkDecodePageCalls
 // walks them. Each round runs 512 calls per core of one routine then of
@@ -122,8 +51,8 @@ func BenchmarkDecodePageLayouts(b *testing.B) {
 				q := randF32(r, 4*d)
 				st[w] = state{make([]float32, decodeQLen(4)), make([]float32, decodeQLen(4)),
 					make([]float32, 4*n), []float32{-1e30, -1e30, -1e30, -1e30}, make([]float32, 4), make([]float32, 4*d)}
-				decodeQAVX2(st[w].qr, q, 4, d, 0.088)
-				decodeQTiled(st[w].qt, q, 4, d, 0.088)
+				decodeQAVX2(st[w].qr, q, 4, d, 1, 0.088)
+				decodeQAVX2(st[w].qt, q, 4, d, KeyTile, 0.088)
 			}
 			const calls = 512
 			next := 0 // the first visit of the next round

@@ -6,11 +6,14 @@ import "fmt"
 // BlockTokens tokens.
 //
 // Page i holds tokens [i*BlockTokens, (i+1)*BlockTokens). Each of K[i], V[i]
-// is laid out [KVHeads][BlockTokens][HeadDim] elements of DType,
-// little-endian, so len(K[i]) == len(V[i]) == PageBytes(). Keys are stored
-// after k_norm and rotary, as transformers caches them. Pages are plain byte
-// slices so that storage layers can move, persist or share them without
-// knowing their contents.
+// holds a block of BlockTokens×HeadDim elements of DType, little-endian,
+// per KV head, so len(K[i]) == len(V[i]) == PageBytes(). A value block is
+// rows, [BlockTokens][HeadDim]; a key block is tiles of T = KeyTileTokens()
+// tokens, [BlockTokens/T][HeadDim][T] (rows when T is 1; see KeyTile):
+// write and read keys with PutKey and Key. Keys are stored after k_norm
+// and rotary, as transformers caches them. Pages are plain byte slices so
+// that storage layers can move, persist or share them without knowing
+// their contents.
 //
 // A PagedKV is not safe for concurrent use: one Forward call at a time may
 // use it.
@@ -19,7 +22,11 @@ type PagedKV struct {
 	BlockTokens int
 	KVHeads     int
 	HeadDim     int
-	K, V        [][]byte
+	// KeyTile is the tokens per tile of the key pages: KeyTile or 0 or 1
+	// (rows). NewPagedKV sets it with KeyTileFor; every PagedKV over the
+	// same pages must have the same.
+	KeyTile int
+	K, V    [][]byte
 
 	// Summaries holds the key summary of each page for block-sparse
 	// attention; entries may be missing or nil. The kernel creates and
@@ -31,7 +38,8 @@ type PagedKV struct {
 
 // NewPagedKV returns an empty cache with the geometry of cfg.
 func NewPagedKV(cfg Config, dtype DType, blockTokens int) *PagedKV {
-	return &PagedKV{DType: dtype, BlockTokens: blockTokens, KVHeads: cfg.NumKVHeads, HeadDim: cfg.HeadDim}
+	return &PagedKV{DType: dtype, BlockTokens: blockTokens, KVHeads: cfg.NumKVHeads, HeadDim: cfg.HeadDim,
+		KeyTile: KeyTileFor(cfg, dtype, blockTokens)}
 }
 
 // PageBytes returns the size in bytes of one K or V page.
@@ -87,7 +95,7 @@ func (kv *PagedKV) Gather(tokens int) (k, v []float32, err error) {
 		for t := range tokens {
 			off := ((g*bt + t%bt) * d) * size
 			dst := (g*tokens + t) * d
-			kv.DType.Decode(k[dst:dst+d], kv.K[t/bt][off:])
+			kv.Key(k[dst:dst+d], kv.K[t/bt], g, t%bt)
 			kv.DType.Decode(v[dst:dst+d], kv.V[t/bt][off:])
 		}
 	}
@@ -102,6 +110,10 @@ func (kv *PagedKV) checkGeometry() error {
 		return fmt.Errorf("PagedKV: invalid dtype %v", kv.DType)
 	case kv.BlockTokens <= 0 || kv.KVHeads <= 0 || kv.HeadDim <= 0:
 		return fmt.Errorf("PagedKV: BlockTokens %d, KVHeads %d, HeadDim %d must all be > 0", kv.BlockTokens, kv.KVHeads, kv.HeadDim)
+	case kv.KeyTile > 1 && (kv.KeyTile != KeyTile || kv.BlockTokens%kv.KeyTile != 0):
+		return fmt.Errorf("PagedKV: KeyTile %d with BlockTokens %d: want 0, 1 or %d dividing BlockTokens", kv.KeyTile, kv.BlockTokens, KeyTile)
+	case kv.KeyTile < 0:
+		return fmt.Errorf("PagedKV: KeyTile %d < 0", kv.KeyTile)
 	}
 	return nil
 }

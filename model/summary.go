@@ -25,11 +25,8 @@ type PageSummary struct {
 	// when the cache's differs.
 	dtype                         DType
 	blockTokens, kvHeads, headDim int
+	row                           []float32 // one key, decoded
 }
-
-// summaryChunk is the number of key elements Update decodes at a time, into
-// a buffer on the stack.
-const summaryChunk = 256
 
 // Update folds rows [s.Tokens, tokens) of page p of kv into s (tokens <=
 // BlockTokens); it allocates Min/Max on first use and resets s if its
@@ -77,20 +74,15 @@ func (s *PageSummary) Update(kv *PagedKV, p, tokens int) {
 			s.Max[i] = float32(math.Inf(-1))
 		}
 	}
-	d, bt, size := kv.HeadDim, kv.BlockTokens, kv.DType.Size()
-	var buf [summaryChunk]float32
+	d := kv.HeadDim
+	s.row = resize(s.row, d)
 	for g := range kv.KVHeads {
 		mn, mx := s.Min[g*d:(g+1)*d], s.Max[g*d:(g+1)*d]
 		for t := s.Tokens; t < tokens; t++ {
-			row := page[(g*bt+t)*d*size : (g*bt+t+1)*d*size]
-			for c0 := 0; c0 < d; c0 += summaryChunk {
-				k := buf[:min(summaryChunk, d-c0)]
-				kv.DType.Decode(k, row[c0*size:])
-				lo, hi := mn[c0:c0+len(k)], mx[c0:c0+len(k)]
-				for c, x := range k {
-					lo[c] = min(lo[c], x)
-					hi[c] = max(hi[c], x)
-				}
+			kv.Key(s.row, page, g, t)
+			for c, x := range s.row {
+				mn[c] = min(mn[c], x)
+				mx[c] = max(mx[c], x)
 			}
 		}
 	}

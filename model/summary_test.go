@@ -41,15 +41,13 @@ func randomKV(t testing.TB, rng *rand.Rand, dt DType, bt, kvHeads, d, npages int
 		scale[i] = 0.1 + 3*rng.Float64()
 		shift[i] = 2 * rng.NormFloat64()
 	}
-	size := dt.Size()
 	for p := range npages {
 		for g := range kvHeads {
 			for tok := range bt {
 				for c := range row {
 					row[c] = float32(shift[g*d+c] + scale[g*d+c]*rng.NormFloat64())
 				}
-				off := (g*bt + tok) * d * size
-				dt.Encode(kv.K[p][off:off+d*size], row)
+				kv.PutKey(kv.K[p], g, tok, row)
 			}
 		}
 	}

@@ -70,10 +70,8 @@ func (a *Align) view(s *Step) (*Step, int, error) {
 	if env.Metadata {
 		return s, 0, nil // no bytes, no view
 	}
-	kv := &model.PagedKV{
-		DType: env.DType, BlockTokens: b, KVHeads: env.Model.NumKVHeads, HeadDim: env.Model.HeadDim,
-		K: make([][]byte, blocks), V: make([][]byte, blocks),
-	}
+	kv := model.NewPagedKV(env.Model, env.DType, b)
+	kv.K, kv.V = make([][]byte, blocks), make([][]byte, blocks)
 	for i, pg := range pages[:blocks] {
 		if pg != nil {
 			kv.K[i], kv.V[i] = pg.K, pg.V

@@ -179,8 +179,8 @@ func (e *Env) recompute(s *Step, i int, key storage.PageKey) (*storage.Page, err
 	for r := range pos {
 		pos[r] = s.Req.Positions[r][lo:hi]
 	}
-	kv := &model.PagedKV{DType: e.DType, BlockTokens: b, KVHeads: e.Model.NumKVHeads, HeadDim: e.Model.HeadDim,
-		K: make([][]byte, i+1), V: make([][]byte, i+1)}
+	kv := model.NewPagedKV(e.Model, e.DType, b)
+	kv.K, kv.V = make([][]byte, i+1), make([][]byte, i+1)
 	kv.K[i], kv.V[i] = pg.K, pg.V
 	if err := e.Layer(s.Layer).StoreKV(x, pos, kv, lo); err != nil {
 		return nil, fmt.Errorf("recompute %s: %w", key, err)

@@ -62,7 +62,10 @@ const (
 	ssdHeaderLen = 20
 	ssdSumOff    = 12
 	ssdMagic     = 0x4b56 // "KV"
-	ssdFormat    = 1
+	// ssdFormat 2: key pages whose block is a multiple of 16 tokens hold
+	// their keys in tiles of 16 (model.KeyTile); format 1 held rows. A
+	// format-1 page is read as a bad value: dropped, a miss.
+	ssdFormat = 2
 	// ssdValueThreshold is Badger's ValueThreshold: values from this size go
 	// to the value log, so the LSM tree holds only keys and value pointers
 	// and compactions never copy pages. Only values under 1 KiB stay inline.

@@ -902,7 +902,7 @@ func TestSSDValueFormat(t *testing.T) {
 	var kb [ssdKeyLen]byte
 	encodeSSDKey(kb[:], key)
 	v := encodeSSDValue(make([]byte, ssdHeaderLen+int(p.Size())), kb[:], p)
-	if got, want := binary.BigEndian.Uint64(v[ssdSumOff:]), uint64(0xbfe26b3cf134e4cf); got != want {
+	if got, want := binary.BigEndian.Uint64(v[ssdSumOff:]), uint64(0x27ea088c4e5a0b51); got != want {
 		t.Fatalf("checksum %#x, want %#x: the stored format changed", got, want)
 	}
 	if !bytes.Equal(v[:ssdSumOff], []byte{'K', 'V', ssdFormat, 0, 0, 0, 0xc3, 0x51, 0, 0, 0xc3, 0x52}) {

@@ -18,6 +18,103 @@ import (
 	. "github.com/mmcloughlin/avo/reg"
 )
 
+// scoresTiled generates scoresTiledBF16H<heads>(out, q, k, n, d, ostride,
+// scale, pfA, pfB): for h < heads and t < n rounded up to whole tiles,
+// out[h*ostride+t] = scale * Σ_c q[h*d+c]*K(t,c), with the bf16 keys at k in
+// tiles of 16 tokens, each tile's d channels in turn with its 16 tokens'
+// values together (model.KeyTile): the separate loops' scores (prefill,
+// and decode shapes without the one-call routine) over such pages. The
+// lanes are tokens, as in tiledRows, so no score needs a horizontal sum:
+// one 32-byte load is a channel of 16 tokens, a shift gives the even
+// tokens and a mask the odd ones, and each head's q value is broadcast.
+// Two channels per iteration, 2*heads accumulators. With each 64 bytes of
+// keys it asks for a line of pfA and of pfB (as many bytes as the keys').
+// n > 0, d > 0 and even.
+func scoresTiled(heads int) {
+	name := fmt.Sprintf("scoresTiledBF16H%d", heads)
+	TEXT(name, NOSPLIT, "func(out, q *float32, k *byte, n, d, ostride int, scale float32, pfA, pfB *byte)")
+	Doc(fmt.Sprintf("%s sets out[h*ostride+t] = scale * Σ_c q[h*d+c]*K(t,c) for h < %d and", name, heads),
+		"t < n rounded up to whole tiles, the keys at k in tiles of 16 tokens",
+		"([d][16] bf16 each); n > 0, d > 0 and even. It prefetches as many",
+		"bytes at pfA and pfB as it reads at k.")
+	kt := Load(Param("k"), GP64())
+	n := Load(Param("n"), GP64())
+	op := Load(Param("out"), GP64())
+	pfA := Load(Param("pfA"), GP64())
+	pfB := Load(Param("pfB"), GP64())
+	d4 := Load(Param("d"), GP64())
+	SHLQ(U8(2), d4) // 4*d: the loop index runs over c*4, the keys at 8 times it
+	qh := make([]Register, heads)
+	qh[0] = Load(Param("q"), GP64())
+	for h := 1; h < heads; h++ {
+		qh[h] = GP64()
+		LEAQ(Mem{Base: qh[h-1], Index: d4, Scale: 1}, qh[h])
+	}
+	os4 := Load(Param("ostride"), GP64())
+	SHLQ(U8(2), os4)
+	scale := YMM()
+	VBROADCASTSS(addr(Param("scale")), scale)
+	mask := mkMask()
+	Label("tiles")
+	acc := make([][2]VecVirtual, heads)
+	for h := range acc {
+		for j := range 2 {
+			acc[h][j] = YMM()
+			VXORPS(acc[h][j], acc[h][j], acc[h][j])
+		}
+	}
+	i := GP64()
+	XORQ(i, i)
+	Label("chans")
+	for u := range 2 {
+		x, e := YMM(), YMM()
+		VMOVDQU(Mem{Base: kt, Index: i, Scale: 8, Disp: 32 * u}, x)
+		VPSLLD(U8(16), x, e)
+		VPAND(mask, x, x)
+		for h := range heads {
+			b := YMM()
+			VBROADCASTSS(Mem{Base: qh[h], Index: i, Scale: 1, Disp: 4 * u}, b)
+			VFMADD231PS(e, b, acc[h][0])
+			VFMADD231PS(x, b, acc[h][1])
+		}
+	}
+	PREFETCHT0(Mem{Base: pfA})
+	PREFETCHT0(Mem{Base: pfB})
+	ADDQ(U8(64), pfA)
+	ADDQ(U8(64), pfB)
+	ADDQ(U8(8), i)
+	CMPQ(i, d4)
+	JL(LabelRef("chans"))
+
+	// Lane j of acc[h][0] is token 2j of the tile (lanes 4-7: tokens
+	// 8-14), of acc[h][1] token 2j+1: interleaved, then the 128-bit halves
+	// regrouped, they are tokens 0-7 and 8-15 in order.
+	oh := GP64()
+	MOVQ(op, oh)
+	for h := range heads {
+		if h > 0 {
+			ADDQ(os4, oh)
+		}
+		lo, hi := YMM(), YMM()
+		VUNPCKLPS(acc[h][1], acc[h][0], lo) // tokens 0-3 | 8-11
+		VUNPCKHPS(acc[h][1], acc[h][0], hi) // tokens 4-7 | 12-15
+		a, b := YMM(), YMM()
+		VPERM2F128(U8(0x20), hi, lo, a)
+		VPERM2F128(U8(0x31), hi, lo, b)
+		VMULPS(scale, a, a)
+		VMULPS(scale, b, b)
+		VMOVUPS(a, Mem{Base: oh})
+		VMOVUPS(b, Mem{Base: oh, Disp: 32})
+	}
+	ADDQ(U8(64), op)
+	// Next tile: 16 tokens of d channels, 32*d bytes.
+	LEAQ(Mem{Base: kt, Index: d4, Scale: 8}, kt)
+	SUBQ(U8(16), n)
+	JG(LabelRef("tiles"))
+	VZEROUPPER()
+	RET()
+}
+
 func main() {
 	consts := expConstants()
 	pairMask = GLOBL("attn_pair_mask", RODATA|NOPTR)
@@ -31,6 +128,9 @@ func main() {
 		if bf16 {
 			for _, c := range []struct{ heads, rows int }{{4, 3}, {2, 4}, {1, 6}} {
 				scoresPair(c.heads, c.rows)
+			}
+			for _, heads := range []int{4, 2, 1} {
+				scoresTiled(heads)
 			}
 		}
 		for _, c := range []struct {
