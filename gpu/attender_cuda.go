@@ -54,7 +54,10 @@ func (a *Attender) Close() error {
 func (a *Attender) Attend(qs ...model.Query) error {
 	var dec []model.Query
 	for _, q := range qs {
-		if len(q.Q) == a.d.heads*a.d.headDim && q.KV != nil && q.KV.DType == model.BF16 && q.KV.BlockTokens == a.d.block {
+		// The GPU takes the pages laid out as its kernel reads them; any
+		// other layout is the CPU kernel's.
+		if len(q.Q) == a.d.heads*a.d.headDim && q.KV != nil && q.KV.DType == model.BF16 && q.KV.BlockTokens == a.d.block &&
+			q.KV.KeyTileTokens() == a.d.keyTile {
 			dec = append(dec, q)
 		} else if err := a.cpu.Attend(q); err != nil {
 			return err

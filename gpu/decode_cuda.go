@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"unsafe"
 
+	"github.com/kvflow/kvflow/model"
 	"gorgonia.org/cu"
 )
 
@@ -20,8 +21,9 @@ import (
 var decodePTX string
 
 // Decoder runs decode attention (one new token per sequence) over bf16 K/V
-// pages in device memory, laid out as on the CPU: a page is
-// [kv_heads][block][head_dim]. It splits each sequence's pages among thread
+// pages in device memory, laid out as on the CPU (model.PagedKV: values in
+// rows, keys in tiles of model.KeyTileFor tokens, as NewPagedKV lays out
+// the model's). It splits each sequence's pages among thread
 // blocks and merges the partial softmax results exactly, like the CPU
 // kernel's split across goroutines.
 type Decoder struct {
@@ -30,6 +32,7 @@ type Decoder struct {
 	splits                         map[string]cu.Function // by variant
 	merge                          cu.Function
 	heads, kvHeads, headDim, block int
+	keyTile                        int // tokens per tile of the K pages
 	sms                            int
 
 	// Variant picks the split kernel: "u2", "u4" or "u8", the tokens each
@@ -53,8 +56,10 @@ func NewDecoder(c *Context, heads, kvHeads, headDim, blockTokens int) (*Decoder,
 	if (headDim != 32 && headDim != 64 && headDim != 128) || (g != 1 && g != 2 && g != 4 && g != 8) {
 		return nil, fmt.Errorf("gpu: no decode kernel for head_dim %d and %d query heads per KV head (have 32, 64, 128 and 1, 2, 4, 8)", headDim, g)
 	}
+	cfg := model.Config{NumHeads: heads, NumKVHeads: kvHeads, HeadDim: headDim}
 	d := &Decoder{c: c, heads: heads, kvHeads: kvHeads, headDim: headDim, block: blockTokens,
-		splits: map[string]cu.Function{}, Variant: "u4", SplitFactor: 16}
+		keyTile: model.KeyTileFor(cfg, model.BF16, blockTokens),
+		splits:  map[string]cu.Function{}, Variant: "u4", SplitFactor: 16}
 	err := c.Do(func() (err error) {
 		if d.mod, err = cu.LoadData(decodePTX); err != nil {
 			return fmt.Errorf("loading the decode module: %w", err)
@@ -182,6 +187,7 @@ func (d *Decoder) Launch(b *Batch, n int, s *Stream) error {
 	}
 	q, kp, vp, ln, pm, pl, pacc, o := b.q.Ptr, b.kpages.Ptr, b.vpages.Ptr, b.lens.Ptr, b.pm.Ptr, b.pl.Ptr, b.pacc.Ptr, b.o.Ptr
 	kvh, block, maxPages, splits := int64(d.kvHeads), int64(d.block), int64(b.maxPages), int64(b.splits)
+	ktile := int64(d.keyTile)
 	p := func(v any) unsafe.Pointer {
 		switch v := v.(type) {
 		case *cu.DevicePtr:
@@ -197,7 +203,7 @@ func (d *Decoder) Launch(b *Batch, n int, s *Stream) error {
 	}
 	return d.c.Do(func() error {
 		if err := split.Launch(b.splits, d.kvHeads, n, 128, 1, 1, 0, stream(s),
-			[]unsafe.Pointer{p(&q), p(&kp), p(&vp), p(&ln), p(&pm), p(&pl), p(&pacc), p(&kvh), p(&block), p(&maxPages), p(&splits)}); err != nil {
+			[]unsafe.Pointer{p(&q), p(&kp), p(&vp), p(&ln), p(&pm), p(&pl), p(&pacc), p(&kvh), p(&block), p(&maxPages), p(&splits), p(&ktile)}); err != nil {
 			return fmt.Errorf("decode_split: %w", err)
 		}
 		if err := d.merge.Launch(d.heads, n, 1, min(d.headDim, 128), 1, 1, 0, stream(s),

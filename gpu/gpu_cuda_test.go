@@ -70,6 +70,8 @@ func TestDecoderMatchesCPU(t *testing.T) {
 		{"MHA d64", 4, 4, 64, 16, []int{17, 33}},
 		{"tiny GQA 4:1 d32", 8, 2, 32, 16, []int{36, 41}},
 		{"GQA 8:1", 16, 2, 128, 32, []int{777}},
+		{"keys in rows (block 24)", 32, 8, 128, 24, []int{1, 23, 25, 500}},
+		{"keys in rows d64 (block 8)", 8, 2, 64, 8, []int{3, 41}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			cfg := model.Config{HiddenSize: c.heads * c.dim, NumHeads: c.heads, NumKVHeads: c.kvHeads, HeadDim: c.dim, NumLayers: 1,

@@ -17,7 +17,7 @@ export CGO_CFLAGS="${CGO_CFLAGS:--O2 -g} -Wno-deprecated-declarations"
 
 build() {
   mkdir -p "$out"
-  (cd gpu && go generate ./)                       # nvcc: kernels/decode.cu -> decode.ptx
+  (cd gpu && go generate -tags cuda ./)            # nvcc: kernels/decode.cu -> decode.ptx
   # Stripped: the device machine takes at most 64 MiB of tree and binaries.
   go test -tags cuda -ldflags "-s -w" -c -o "$out/gpu.test" ./gpu
   go test -tags cuda -ldflags "-s -w" -c -o "$out/devicetest.test" ./storage/devicetest
