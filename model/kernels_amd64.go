@@ -116,8 +116,9 @@ func decodeQAVX2(qp, q []float32, nh, d, tile int, scale float32) bool {
 			toPairsAVX2(&qa[(h+1)*pairSlot-d], &q[h*d], d, scale)
 			continue
 		}
-		for c, x := range q[h*d : (h+1)*d] {
-			qa[h*pairSlot+c] = scale * x
+		dst, src := qa[h*pairSlot:h*pairSlot+d], q[h*d:h*d+d]
+		for c := range dst {
+			dst[c] = scale * src[c]
 		}
 	}
 	return true
