@@ -40,6 +40,28 @@ __device__ __forceinline__ void loadRow(const unsigned short* row, int lane, flo
 	}
 }
 
+// fold folds N scores sc of one query head (any past the context already
+// -inf) into its online softmax state m, l, acc, with val(u, c) channel c
+// of this lane's share of token u's value.
+template <int N, int C, typename Val>
+__device__ __forceinline__ void fold(const float (&sc)[N], float& m, float& l, float (&acc)[C], Val val) {
+	float mx = m;
+#pragma unroll
+	for (int u = 0; u < N; u++) mx = fmaxf(mx, sc[u]);
+	const float corr = __expf(m - mx); // 0 when m was -inf
+	l *= corr;
+#pragma unroll
+	for (int c = 0; c < C; c++) acc[c] *= corr;
+	m = mx;
+#pragma unroll
+	for (int u = 0; u < N; u++) {
+		const float p = __expf(sc[u] - mx);
+		l += p;
+#pragma unroll
+		for (int c = 0; c < C; c++) acc[c] += p * val(u, c);
+	}
+}
+
 // loadRaw reads this lane's D/32 channels of a bf16 row, as loadRow, but
 // leaves them packed two to a word (channel 2i low, 2i+1 high): half the
 // registers while the load is in flight.
@@ -133,24 +155,10 @@ __device__ __forceinline__ void tiles(const float* __restrict__ q, const unsigne
 				for (int o = 16; o > 0; o >>= 1) dots[h][u] += __shfl_xor_sync(0xffffffffu, dots[h][u], o);
 #pragma unroll
 		for (int h = 0; h < G; h++) {
-			float mx = m[h];
 #pragma unroll
-			for (int u = 0; u < TT; u++) {
+			for (int u = 0; u < TT; u++)
 				if (base + u >= T1) dots[h][u] = -INFINITY;
-				mx = fmaxf(mx, dots[h][u]);
-			}
-			const float corr = __expf(m[h] - mx); // 0 when m was -inf
-			l[h] *= corr;
-#pragma unroll
-			for (int c = 0; c < C; c++) acc[h][c] *= corr;
-			m[h] = mx;
-#pragma unroll
-			for (int u = 0; u < TT; u++) {
-				const float p = __expf(dots[h][u] - mx);
-				l[h] += p;
-#pragma unroll
-				for (int c = 0; c < C; c++) acc[h][c] += p * bf16At(vw[u], c);
-			}
+			fold(dots[h], m[h], l[h], acc[h], [&](int u, int c) { return bf16At(vw[u], c); });
 		}
 		if (PIPE) {
 #pragma unroll
@@ -243,24 +251,9 @@ __device__ void decode_split(const float* __restrict__ q, const unsigned long lo
 #pragma unroll
 			for (int h = 0; h < G; h++) {
 				float sc[UNROLL];
-				float mx = m[h];
 #pragma unroll
-				for (int u = 0; u < UNROLL; u++) {
-					sc[u] = (base + u < T1) ? dots[h * UNROLL + u] : -INFINITY;
-					mx = fmaxf(mx, sc[u]);
-				}
-				const float corr = __expf(m[h] - mx); // 0 when m was -inf
-				l[h] *= corr;
-#pragma unroll
-				for (int c = 0; c < C; c++) acc[h][c] *= corr;
-				m[h] = mx;
-#pragma unroll
-				for (int u = 0; u < UNROLL; u++) {
-					const float p = __expf(sc[u] - mx);
-					l[h] += p;
-#pragma unroll
-					for (int c = 0; c < C; c++) acc[h][c] += p * vf[u][c];
-				}
+				for (int u = 0; u < UNROLL; u++) sc[u] = (base + u < T1) ? dots[h * UNROLL + u] : -INFINITY;
+				fold(sc, m[h], l[h], acc[h], [&](int u, int c) { return vf[u][c]; });
 			}
 #pragma unroll
 			for (int u = 0; u < UNROLL; u++)

@@ -54,37 +54,15 @@ func scoresTiled(heads int) {
 	SHLQ(U8(2), os4)
 	scale := YMM()
 	VBROADCASTSS(addr(Param("scale")), scale)
-	mask := mkMask()
 	Label("tiles")
-	acc := make([][2]VecVirtual, heads)
-	for h := range acc {
-		for j := range 2 {
-			acc[h][j] = YMM()
-			VXORPS(acc[h][j], acc[h][j], acc[h][j])
-		}
-	}
-	i := GP64()
-	XORQ(i, i)
-	Label("chans")
-	for u := range 2 {
-		x, e := YMM(), YMM()
-		VMOVDQU(Mem{Base: kt, Index: i, Scale: 8, Disp: 32 * u}, x)
-		VPSLLD(U8(16), x, e)
-		VPAND(mask, x, x)
-		for h := range heads {
-			b := YMM()
-			VBROADCASTSS(Mem{Base: qh[h], Index: i, Scale: 1, Disp: 4 * u}, b)
-			VFMADD231PS(e, b, acc[h][0])
-			VFMADD231PS(x, b, acc[h][1])
-		}
-	}
-	PREFETCHT0(Mem{Base: pfA})
-	PREFETCHT0(Mem{Base: pfB})
-	ADDQ(U8(64), pfA)
-	ADDQ(U8(64), pfB)
-	ADDQ(U8(8), i)
-	CMPQ(i, d4)
-	JL(LabelRef("chans"))
+	acc := tileChans(kt, d4, heads, func(h int, i Register, u int) Mem {
+		return Mem{Base: qh[h], Index: i, Scale: 1, Disp: 4 * u}
+	}, func() {
+		PREFETCHT0(Mem{Base: pfA})
+		PREFETCHT0(Mem{Base: pfB})
+		ADDQ(U8(64), pfA)
+		ADDQ(U8(64), pfB)
+	})
 
 	// Lane j of acc[h][0] is token 2j of the tile (lanes 4-7: tokens
 	// 8-14), of acc[h][1] token 2j+1: interleaved, then the 128-bit halves
@@ -1317,16 +1295,16 @@ func expSum(c expConsts) {
 // cycles. The scores are stored to Param "s" as s[4t+h], as pairRows
 // leaves them, for ceil(n/16)*16 tokens. It prefetches Param "pfA" a line
 // per 64 bytes of keys.
-func tiledRows(slot int, qb Register) {
-	const heads = 4
-	kt := Load(Param("k"), GP64())
-	n := Load(Param("n"), GP64())
-	sp := Load(Param("s"), GP64())
-	pfA := Load(Param("pfA"), GP64())
-	d4 := Load(Param("d"), GP64())
-	SHLQ(U8(2), d4) // 4*d: the loop index runs over c*4
+// tileChans emits the channel loop over one tile of 16 keys at kt ([d][16]
+// bf16, d4 = 4*d): it returns acc[h][0] and acc[h][1] (zeroed first), the
+// dot products of head h's q with the even and the odd tokens of the tile,
+// lane j holding tokens 2j and 2j+1 (lanes 4-7: 8 more). One 32-byte load
+// is a channel of 16 tokens: a shift gives the even tokens as float32, a
+// mask the odd ones; q's value of channel c for head h, qAt(h, i, u) with
+// i = 4*c' and c = c'+u, is broadcast. Two channels per iteration; step
+// emits what each iteration adds (the prefetches).
+func tileChans(kt, d4 Register, heads int, qAt func(h int, i Register, u int) Mem, step func()) [][2]VecVirtual {
 	mask := mkMask()
-	Label("tiles")
 	acc := make([][2]VecVirtual, heads)
 	for h := range acc {
 		for j := range 2 {
@@ -1344,16 +1322,33 @@ func tiledRows(slot int, qb Register) {
 		VPAND(mask, x, x)
 		for h := range heads {
 			b := YMM()
-			VBROADCASTSS(Mem{Base: qb, Index: i, Scale: 1, Disp: h*slot + 4*u}, b)
+			VBROADCASTSS(qAt(h, i, u), b)
 			VFMADD231PS(e, b, acc[h][0])
 			VFMADD231PS(x, b, acc[h][1])
 		}
 	}
-	PREFETCHT0(Mem{Base: pfA})
-	ADDQ(U8(64), pfA)
+	step()
 	ADDQ(U8(8), i)
 	CMPQ(i, d4)
 	JL(LabelRef("chans"))
+	return acc
+}
+
+func tiledRows(slot int, qb Register) {
+	const heads = 4
+	kt := Load(Param("k"), GP64())
+	n := Load(Param("n"), GP64())
+	sp := Load(Param("s"), GP64())
+	pfA := Load(Param("pfA"), GP64())
+	d4 := Load(Param("d"), GP64())
+	SHLQ(U8(2), d4) // 4*d: the loop index runs over c*4
+	Label("tiles")
+	acc := tileChans(kt, d4, heads, func(h int, i Register, u int) Mem {
+		return Mem{Base: qb, Index: i, Scale: 1, Disp: h*slot + 4*u}
+	}, func() {
+		PREFETCHT0(Mem{Base: pfA})
+		ADDQ(U8(64), pfA)
+	})
 
 	// 4x4 transposes within each 128-bit lane: X[p][j] holds the 4 heads'
 	// scores of lanes j and j+4 of parity p.
