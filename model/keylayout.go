@@ -62,13 +62,26 @@ func (kv *PagedKV) PutKey(page []byte, g, slot int, row []float32) {
 		kv.DType.Encode(page[(base+slot*d)*size:(base+slot*d+d)*size], row)
 		return
 	}
+	// Channel c of the slot is at first + c*tile elements.
+	first := base + keyIndex(slot, 0, d, tile)
 	var buf [keyChunk * 4]byte
 	for c0 := 0; c0 < d; c0 += keyChunk {
 		n := min(keyChunk, d-c0)
 		kv.DType.Encode(buf[:n*size], row[c0:c0+n])
-		for c := range n {
-			at := (base + keyIndex(slot, c0+c, d, tile)) * size
-			copy(page[at:at+size], buf[c*size:])
+		at := (first + c0*tile) * size
+		switch size {
+		case 2:
+			for c := range n {
+				binary.LittleEndian.PutUint16(page[at+c*tile*2:], binary.LittleEndian.Uint16(buf[c*2:]))
+			}
+		case 4:
+			for c := range n {
+				binary.LittleEndian.PutUint32(page[at+c*tile*4:], binary.LittleEndian.Uint32(buf[c*4:]))
+			}
+		default:
+			for c := range n {
+				copy(page[at+c*tile*size:at+c*tile*size+size], buf[c*size:])
+			}
 		}
 	}
 }
@@ -83,12 +96,24 @@ func (kv *PagedKV) Key(row []float32, page []byte, g, slot int) {
 		kv.DType.Decode(row, page[(base+slot*d)*size:(base+slot*d+d)*size])
 		return
 	}
+	first := base + keyIndex(slot, 0, d, tile)
 	var buf [keyChunk * 4]byte
 	for c0 := 0; c0 < d; c0 += keyChunk {
 		n := min(keyChunk, d-c0)
-		for c := range n {
-			at := (base + keyIndex(slot, c0+c, d, tile)) * size
-			copy(buf[c*size:], page[at:at+size])
+		at := (first + c0*tile) * size
+		switch size {
+		case 2:
+			for c := range n {
+				binary.LittleEndian.PutUint16(buf[c*2:], binary.LittleEndian.Uint16(page[at+c*tile*2:]))
+			}
+		case 4:
+			for c := range n {
+				binary.LittleEndian.PutUint32(buf[c*4:], binary.LittleEndian.Uint32(page[at+c*tile*4:]))
+			}
+		default:
+			for c := range n {
+				copy(buf[c*size:(c+1)*size], page[at+c*tile*size:])
+			}
 		}
 		kv.DType.Decode(row[c0:c0+n], buf[:n*size])
 	}

@@ -231,3 +231,34 @@ func TestAttendEitherKeyLayout(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkKeyLayoutWrite measures writing a page's keys with PutKey and
+// folding them into a PageSummary, for the 8B shape's pages (8 KV heads of
+// 128, 64 tokens, bf16) with keys in tiles against the same in rows (the
+// baseline). Metric: ns/key for each.
+func BenchmarkKeyLayoutWrite(b *testing.B) {
+	for _, tile := range []int{1, KeyTile} {
+		kv := &PagedKV{DType: BF16, BlockTokens: 64, KVHeads: 8, HeadDim: 128, KeyTile: tile}
+		page := make([]byte, kv.PageBytes())
+		row := randF32(rand.New(rand.NewPCG(1, 2)), kv.HeadDim)
+		b.Run(fmt.Sprintf("tile%d/PutKey", tile), func(b *testing.B) {
+			for b.Loop() {
+				for g := range kv.KVHeads {
+					for s := range kv.BlockTokens {
+						kv.PutKey(page, g, s, row)
+					}
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*kv.KVHeads*kv.BlockTokens), "ns/key")
+		})
+		b.Run(fmt.Sprintf("tile%d/SummaryUpdate", tile), func(b *testing.B) {
+			var s PageSummary
+			kv.K = [][]byte{page}
+			for b.Loop() {
+				s.Reset()
+				s.Update(kv, 0, kv.BlockTokens)
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*kv.KVHeads*kv.BlockTokens), "ns/key")
+		})
+	}
+}

@@ -25,7 +25,19 @@ type PageSummary struct {
 	// when the cache's differs.
 	dtype                         DType
 	blockTokens, kvHeads, headDim int
-	row                           []float32 // one key, decoded
+}
+
+// summaryChunk is the number of key elements Update decodes at a time, into
+// a buffer on the stack (a multiple of KeyTile).
+const summaryChunk = 256
+
+// widen sets lo[c] = min(lo[c], k[c]) and hi[c] = max(hi[c], k[c]).
+func widen(lo, hi, k []float32) {
+	lo, hi = lo[:len(k)], hi[:len(k)]
+	for c, x := range k {
+		lo[c] = min(lo[c], x)
+		hi[c] = max(hi[c], x)
+	}
 }
 
 // Update folds rows [s.Tokens, tokens) of page p of kv into s (tokens <=
@@ -74,15 +86,40 @@ func (s *PageSummary) Update(kv *PagedKV, p, tokens int) {
 			s.Max[i] = float32(math.Inf(-1))
 		}
 	}
-	d := kv.HeadDim
-	s.row = resize(s.row, d)
+	d, bt, size, tile := kv.HeadDim, kv.BlockTokens, kv.DType.Size(), kv.KeyTileTokens()
+	var buf [summaryChunk]float32
 	for g := range kv.KVHeads {
 		mn, mx := s.Min[g*d:(g+1)*d], s.Max[g*d:(g+1)*d]
-		for t := s.Tokens; t < tokens; t++ {
-			kv.Key(s.row, page, g, t)
-			for c, x := range s.row {
-				mn[c] = min(mn[c], x)
-				mx[c] = max(mx[c], x)
+		head := page[g*bt*d*size : (g+1)*bt*d*size]
+		if tile == 1 {
+			for t := s.Tokens; t < tokens; t++ {
+				row := head[t*d*size : (t+1)*d*size]
+				for c0 := 0; c0 < d; c0 += summaryChunk {
+					k := buf[:min(summaryChunk, d-c0)]
+					kv.DType.Decode(k, row[c0*size:])
+					widen(mn[c0:c0+len(k)], mx[c0:c0+len(k)], k)
+				}
+			}
+			continue
+		}
+		// A tile's keys lie channel by channel: decoded a few channels
+		// (of every slot of the tile) at a time, each channel's slots
+		// [t0+j0, t0+j1) widen its bounds.
+		per := summaryChunk / tile
+		for t0 := s.Tokens - s.Tokens%tile; t0 < tokens; t0 += tile {
+			j0, j1 := max(s.Tokens-t0, 0), min(tokens-t0, tile)
+			for c0 := 0; c0 < d; c0 += per {
+				n := min(per, d-c0)
+				at := (t0*d + c0*tile) * size
+				k := buf[:n*tile]
+				kv.DType.Decode(k, head[at:at+n*tile*size])
+				for c := range n {
+					lo, hi := mn[c0+c], mx[c0+c]
+					for _, x := range k[c*tile+j0 : c*tile+j1] {
+						lo, hi = min(lo, x), max(hi, x)
+					}
+					mn[c0+c], mx[c0+c] = lo, hi
+				}
 			}
 		}
 	}

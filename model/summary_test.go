@@ -31,6 +31,9 @@ func sparseRand(t testing.TB) *rand.Rand {
 func randomKV(t testing.TB, rng *rand.Rand, dt DType, bt, kvHeads, d, npages int) *PagedKV {
 	t.Helper()
 	kv := &PagedKV{DType: dt, BlockTokens: bt, KVHeads: kvHeads, HeadDim: d}
+	if bt%KeyTile == 0 {
+		kv.KeyTile = KeyTile // keys in tiles, as NewPagedKV lays out the shapes it tiles
+	}
 	if err := kv.Grow(npages * bt); err != nil {
 		t.Fatal(err)
 	}

@@ -88,7 +88,8 @@ func (a *Align) view(s *Step) (*Step, int, error) {
 }
 
 // newPage allocates a page of the request's own from the pool: one tensor
-// [2][kv_heads][block_tokens][head_dim] whose halves are K and V. The
+// [2][kv_heads][block_tokens][head_dim] whose halves are K and V (the K half
+// laid out as model.PagedKV says: rows or tiles). The
 // sequence owns it and frees it on release. Called with seq.mu held.
 func (e *Env) newPage(seq *Sequence, key storage.PageKey) (*storage.Page, error) {
 	m := e.Model

@@ -96,7 +96,9 @@ type stepAttender struct {
 }
 
 func (a *stepAttender) Attend(qs ...model.Query) error {
-	if len(qs) != 1 || len(qs[0].Q) != a.g.cfg.NumHeads*a.g.cfg.HeadDim {
+	// The GPU takes one query over pages laid out as its kernel reads them.
+	if len(qs) != 1 || len(qs[0].Q) != a.g.cfg.NumHeads*a.g.cfg.HeadDim || qs[0].KV == nil ||
+		qs[0].KV.KeyTileTokens() != model.KeyTileFor(a.g.cfg, model.BF16, a.g.bt) {
 		return a.cpu.Attend(qs...)
 	}
 	q := qs[0]

@@ -1,8 +1,9 @@
 package storage
 
-// Page is the K and V of one block for one layer. Each of K and V is laid out
-// [kv_heads][block_tokens][head_dim] in the cache's dtype; the storage layer
-// treats them as opaque bytes.
+// Page is the K and V of one block for one layer. Each of K and V holds
+// [kv_heads] blocks of block_tokens×head_dim values in the cache's dtype, as
+// model.PagedKV lays them out (values in rows, keys in rows or in tiles of
+// 16 tokens); the storage layer treats them as opaque bytes.
 //
 // A page handed out by a tier is shared: its bytes must not be written once it
 // has been stored.

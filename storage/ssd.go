@@ -62,9 +62,9 @@ const (
 	ssdHeaderLen = 20
 	ssdSumOff    = 12
 	ssdMagic     = 0x4b56 // "KV"
-	// ssdFormat 2: key pages whose block is a multiple of 16 tokens hold
-	// their keys in tiles of 16 (model.KeyTile); format 1 held rows. A
-	// format-1 page is read as a bad value: dropped, a miss.
+	// ssdFormat 2: the key pages of the shapes model.KeyTileFor tiles hold
+	// their keys in tiles of 16 tokens; format 1 held rows. A page of
+	// another format is read as a bad value: dropped, a miss.
 	ssdFormat = 2
 	// ssdValueThreshold is Badger's ValueThreshold: values from this size go
 	// to the value log, so the LSM tree holds only keys and value pointers
@@ -925,8 +925,11 @@ func decodeSSDValue(kb, v, buf []byte) (k, vv []byte, err error) {
 	if len(v) < ssdHeaderLen {
 		return nil, nil, errSSDValue(fmt.Sprintf("value of %d bytes is shorter than a header", len(v)))
 	}
-	if binary.BigEndian.Uint16(v[0:2]) != ssdMagic || v[2] != ssdFormat {
-		return nil, nil, errSSDValue(fmt.Sprintf("bad magic or format %x", v[0:4]))
+	if binary.BigEndian.Uint16(v[0:2]) != ssdMagic {
+		return nil, nil, errSSDValue(fmt.Sprintf("bad magic %x", v[0:4]))
+	}
+	if v[2] != ssdFormat {
+		return nil, nil, errSSDValue(fmt.Sprintf("stored in format %d, this build reads format %d (pages of format 1 lay keys out in rows)", v[2], ssdFormat))
 	}
 	nk, nv := uint64(binary.BigEndian.Uint32(v[4:8])), uint64(binary.BigEndian.Uint32(v[8:12]))
 	if nk+nv != uint64(len(v)-ssdHeaderLen) {

@@ -1286,15 +1286,6 @@ func expSum(c expConsts) {
 	RET()
 }
 
-// tiledRows emits the key loops of decodePageTiledBF16H4 over Param "k"
-// laid out in tiles of 16 tokens: for each tile, for each channel c < d,
-// the 16 tokens' bf16 values (32 bytes). One load gives a channel of 8 even
-// and 8 odd tokens (a shift and a mask, as in pairRows), multiplied by the
-// channel of q broadcast, so the lanes are tokens and a score needs no
-// horizontal sum: with rows, those sums are about 13% of the routine's
-// cycles. The scores are stored to Param "s" as s[4t+h], as pairRows
-// leaves them, for ceil(n/16)*16 tokens. It prefetches Param "pfA" a line
-// per 64 bytes of keys.
 // tileChans emits the channel loop over one tile of 16 keys at kt ([d][16]
 // bf16, d4 = 4*d): it returns acc[h][0] and acc[h][1] (zeroed first), the
 // dot products of head h's q with the even and the odd tokens of the tile,
@@ -1334,6 +1325,15 @@ func tileChans(kt, d4 Register, heads int, qAt func(h int, i Register, u int) Me
 	return acc
 }
 
+// tiledRows emits the key loops of decodePageTiledBF16H4 over Param "k"
+// laid out in tiles of 16 tokens: for each tile, for each channel c < d,
+// the 16 tokens' bf16 values (32 bytes). One load gives a channel of 8 even
+// and 8 odd tokens (a shift and a mask, as in pairRows), multiplied by the
+// channel of q broadcast, so the lanes are tokens and a score needs no
+// horizontal sum: with rows, those sums are about 13% of the routine's
+// cycles. The scores are stored to Param "s" as s[4t+h], as pairRows
+// leaves them, for ceil(n/16)*16 tokens. It prefetches Param "pfA" a line
+// per 64 bytes of keys.
 func tiledRows(slot int, qb Register) {
 	const heads = 4
 	kt := Load(Param("k"), GP64())
