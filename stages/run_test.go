@@ -122,6 +122,28 @@ func TestRunCachedOutputsEqualRecompute(t *testing.T) {
 	}
 }
 
+// tinyTiled is tiny with 4 query heads per KV head and pages of 16 tokens:
+// a shape whose key pages are tiles (model.KeyTileFor).
+var tinyTiled = strings.NewReplacer("hidden_size   = 64", "hidden_size   = 128", "heads         = 4", "heads         = 8",
+	"block_tokens = 8", "block_tokens = 16").Replace(tiny)
+
+// The same over key pages in tiles: the pipeline's pages (written by
+// align's caches, read back from the host tier) against a forward pass
+// over its own pages.
+func TestRunCachedOutputsEqualRecomputeTiled(t *testing.T) {
+	p, diags := plan(t, tinyTiled, nil)
+	if diags.HasErrors() {
+		t.Fatal(diags)
+	}
+	if model.KeyTileFor(p.Model, p.DType, p.BlockTokens) != model.KeyTile {
+		t.Fatalf("tinyTiled's keys are not in tiles: %+v", p.Model)
+	}
+	_, steps := collect(t, p)
+	if checkOutputs(t, p, steps) == 0 {
+		t.Fatal("no step computed over a cached prefix")
+	}
+}
+
 // checkOutputs compares every computed step of a request that reused a
 // cached prefix with a from-scratch forward pass of its layer, and returns
 // the number of steps checked.

@@ -14,8 +14,11 @@ import (
 
 // tinySSD is the tiny pipeline over a host tier of a few pages and an ssd
 // tier in dir: most of what requests reuse comes back from the ssd tier.
-func tinySSD(dir, write string, chain string) string {
-	src := strings.Replace(tiny, `tier "host" { capacity = "64MiB" }`, fmt.Sprintf(`tier "host" { capacity = "4KiB" }
+func tinySSD(dir, write string, chain string) string { return ssdOf(tiny, dir, write, chain) }
+
+// ssdOf is tinySSD over the pipeline base.
+func ssdOf(base, dir, write string, chain string) string {
+	src := strings.Replace(base, `tier "host" { capacity = "64MiB" }`, fmt.Sprintf(`tier "host" { capacity = "4KiB" }
   tier "ssd" {
     path     = %q
     capacity = "1MiB"
@@ -82,19 +85,23 @@ func TestRunSSDTierServesPrefixesAndSurvivesRestart(t *testing.T) {
 // Pages whose stored bytes were damaged fail their checksum, are never used,
 // and are recomputed: outputs are still exact.
 func TestRunSSDCorruptPagesAreRecomputed(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), "kv")
-	p := ssdPlan(t, tinySSD(dir, "write_through", ""))
-	collect(t, p)
-	if n := corruptPages(t, dir, p); n == 0 {
-		t.Fatal("no page to corrupt")
-	}
-	p2 := ssdPlan(t, tinySSD(dir, "write_through", ""))
-	rep, steps := collect(t, p2)
-	if rep.Tiers[1].ChecksumFailures == 0 || rep.Prefetch.Recomputed == 0 {
-		t.Fatalf("ssd %+v, prefetch %+v: want checksum failures and recomputed pages", rep.Tiers[1], rep.Prefetch)
-	}
-	if checkOutputs(t, p2, steps) == 0 {
-		t.Fatal("no step computed over a cached prefix")
+	for name, base := range map[string]string{"rows": tiny, "tiles": tinyTiled} {
+		t.Run(name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "kv")
+			p := ssdPlan(t, ssdOf(base, dir, "write_through", ""))
+			collect(t, p)
+			if n := corruptPages(t, dir, p); n == 0 {
+				t.Fatal("no page to corrupt")
+			}
+			p2 := ssdPlan(t, ssdOf(base, dir, "write_through", ""))
+			rep, steps := collect(t, p2)
+			if rep.Tiers[1].ChecksumFailures == 0 || rep.Prefetch.Recomputed == 0 {
+				t.Fatalf("ssd %+v, prefetch %+v: want checksum failures and recomputed pages", rep.Tiers[1], rep.Prefetch)
+			}
+			if checkOutputs(t, p2, steps) == 0 {
+				t.Fatal("no step computed over a cached prefix")
+			}
+		})
 	}
 }
 
