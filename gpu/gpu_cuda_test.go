@@ -4,6 +4,7 @@ package gpu
 
 import (
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -45,6 +46,19 @@ func randomKV(rng *rand.Rand, cfg model.Config, block, tokens int) (*model.Paged
 			model.BF16.Encode(page, row)
 		}
 	}
+	// The slots past the context hold NaN: no kernel may let them count.
+	nan := make([]float32, cfg.HeadDim)
+	for i := range nan {
+		nan[i] = float32(math.NaN())
+	}
+	last := len(kv.K) - 1
+	for slot := tokens - last*block; slot < block; slot++ {
+		for g := range cfg.NumKVHeads {
+			kv.PutKey(kv.K[last], g, slot, nan)
+			off := (g*block + slot) * cfg.HeadDim * 2
+			model.BF16.Encode(kv.V[last][off:off+cfg.HeadDim*2], nan)
+		}
+	}
 	q := make([]float32, cfg.NumHeads*cfg.HeadDim)
 	for i := range q {
 		q[i] = float32(rng.NormFloat64())
@@ -72,6 +86,7 @@ func TestDecoderMatchesCPU(t *testing.T) {
 		{"GQA 8:1", 16, 2, 128, 32, []int{777}},
 		{"keys in rows (block 24)", 32, 8, 128, 24, []int{1, 23, 25, 500}},
 		{"keys in rows d64 (block 8)", 8, 2, 64, 8, []int{3, 41}},
+		{"tiles d64, block 48 (not a power of two)", 8, 2, 64, 48, []int{47, 48, 49, 300}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			cfg := model.Config{HiddenSize: c.heads * c.dim, NumHeads: c.heads, NumKVHeads: c.kvHeads, HeadDim: c.dim, NumLayers: 1,

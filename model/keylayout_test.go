@@ -2,6 +2,7 @@ package model
 
 import (
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -210,6 +211,22 @@ func TestAttendEitherKeyLayout(t *testing.T) {
 						}
 					}
 				}
+				// Slots past the context hold NaN keys and values: no
+				// layout may let them count.
+				nan := make([]float32, c.dim)
+				for i := range nan {
+					nan[i] = float32(math.NaN())
+				}
+				last, size := len(tiles.KV.K)-1, c.dtype.Size()
+				for _, kv := range []*PagedKV{tiles.KV, rows.KV} {
+					for slot := c.start + c.n - last*c.block; slot < c.block; slot++ {
+						for g := range c.kvHeads {
+							kv.PutKey(kv.K[last], g, slot, nan)
+							off := (g*c.block + slot) * c.dim * size
+							c.dtype.Encode(kv.V[last][off:off+c.dim*size], nan)
+						}
+					}
+				}
 				rows.Out = make([]float32, len(tiles.Out))
 				k, err := NewKernel(cfg, Options{Scalar: scalar})
 				if err != nil {
@@ -220,6 +237,11 @@ func TestAttendEitherKeyLayout(t *testing.T) {
 				}
 				if err := k.Attend(rows); err != nil {
 					t.Fatal(err)
+				}
+				for i, x := range tiles.Out {
+					if math.IsNaN(float64(x)) {
+						t.Fatalf("output %d is NaN: a slot past the context counted", i)
+					}
 				}
 				if e := RelErr(tiles.Out, rows.Out); e > 1e-5 {
 					t.Errorf("keys in tiles vs rows: relative error %.3g", e)
