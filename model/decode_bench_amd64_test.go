@@ -79,7 +79,8 @@ func BenchmarkDecodePageWarm(b *testing.B) {
 }
 
 // BenchmarkDecodePageCalls times the page routine alone, one call per op
-// (64 tokens, 4 query heads, d 128, bf16): l1 over one page again and
+// (64 tokens, 4 query heads, d 128, bf16), for keys in rows and in tiles
+// (the layout of such pages since KeyTileFor): l1 over one page again and
 // again; memory over 512 MiB of pages laid out as a pipeline's (8 KV heads
 // per page, keys and values in pages of their own), every core walking its
 // own half page by page and head by head, as decode items do, with the
@@ -91,36 +92,42 @@ func BenchmarkDecodePageCalls(b *testing.B) {
 	}
 	const n, d, heads = 64, 128, 8
 	const page = 2 * n * d // one head's keys or values
-	r := rand.New(rand.NewPCG(5, 6))
-	newState := func(r *rand.Rand) (qp, s, m, l, acc []float32) {
-		qp = make([]float32, decodeQLen(4))
-		decodeQAVX2(qp, randF32(r, 4*d), 4, d, 1, 0.088)
-		m = []float32{-1e30, -1e30, -1e30, -1e30}
-		return qp, make([]float32, 4*n), m, make([]float32, 4), make([]float32, 4*d)
-	}
-	b.Run("l1", func(b *testing.B) {
-		k, _ := randBF16(r, n*d)
-		v, _ := randBF16(r, n*d)
-		qp, s, m, l, acc := newState(r)
-		b.SetBytes(2 * page)
-		for b.Loop() {
-			decodePageAVX2(qp, k, v, 4, n, d, 1, s, m, l, acc, v, k)
+	for _, layout := range []struct {
+		name string
+		tile int
+	}{{"rows", 1}, {"tiles", KeyTile}} {
+		tile := layout.tile
+		r := rand.New(rand.NewPCG(5, 6))
+		newState := func(r *rand.Rand) (qp, s, m, l, acc []float32) {
+			qp = make([]float32, decodeQLen(4))
+			decodeQAVX2(qp, randF32(r, 4*d), 4, d, tile, 0.088)
+			m = []float32{-1e30, -1e30, -1e30, -1e30}
+			return qp, make([]float32, 4*n), m, make([]float32, 4), make([]float32, 4*d)
 		}
-	})
-	b.Run("memory", func(b *testing.B) {
-		visit := pageSlab(r, heads, page, runtime.GOMAXPROCS(0))
-		var next atomic.Int64
-		b.SetBytes(2 * page)
-		b.ResetTimer()
-		b.RunParallel(func(pb *testing.PB) {
-			w := int(next.Add(1)-1) % runtime.GOMAXPROCS(0)
-			qp, s, m, l, acc := newState(rand.New(rand.NewPCG(uint64(w), 7)))
-			for i := 0; pb.Next(); i++ {
-				v := visit(w, i, 1)
-				decodePageAVX2(qp, visit(w, i, 0), v, 4, n, d, 1, s, m, l, acc, v, visit(w, i+1, 0))
+		b.Run(layout.name+"/l1", func(b *testing.B) {
+			k, _ := randBF16(r, n*d)
+			v, _ := randBF16(r, n*d)
+			qp, s, m, l, acc := newState(r)
+			b.SetBytes(2 * page)
+			for b.Loop() {
+				decodePageAVX2(qp, k, v, 4, n, d, tile, s, m, l, acc, v, k)
 			}
 		})
-	})
+		b.Run(layout.name+"/memory", func(b *testing.B) {
+			visit := pageSlab(r, heads, page, runtime.GOMAXPROCS(0))
+			var next atomic.Int64
+			b.SetBytes(2 * page)
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				w := int(next.Add(1)-1) % runtime.GOMAXPROCS(0)
+				qp, s, m, l, acc := newState(rand.New(rand.NewPCG(uint64(w), 7)))
+				for i := 0; pb.Next(); i++ {
+					v := visit(w, i, 1)
+					decodePageAVX2(qp, visit(w, i, 0), v, 4, n, d, tile, s, m, l, acc, v, visit(w, i+1, 0))
+				}
+			})
+		})
+	}
 }
 
 // pageSlab fills 512 MiB with random bf16 pages laid out as a pipeline's
