@@ -202,7 +202,7 @@ type kscratch struct {
 	pm     []float32  // each row's max over the current page's scores
 	s      []float32  // scores then weights, [rows][BlockTokens]
 	kp, vp []float32  // decoded page rows when the page is not viewable in place
-	kr     []byte     // a page's key rows, when its keys are in tiles
+	kr     []byte     // a page's keys put back in rows (f16/f32 pages given tiles)
 	route  []float32  // router scores, [pages]
 	seq    []visit    // the item's (head, page) pairs in order
 	states []rowState // the item's softmax state per head
