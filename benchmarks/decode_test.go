@@ -106,8 +106,10 @@ func decodeInput(b testing.TB, ctx, batch int) []model.Query {
 // reads); bw_ratio, the median over the rounds of the round's rate over
 // its pass's (mem_GB/s, the median pass); bw_ratio_best, kv_GB/s over the
 // best of 2 s of passes at the start of the process (best_mem_GB/s), a
-// stricter yardstick that a quiet moment sets; and for block-sparse,
-// rel_err against dense and speedup, dense's time over its own.
+// stricter yardstick that a quiet moment sets; idle_frac, the share of the
+// workers' time in the calls spent waiting for a call's last item
+// (KernelStats); and for block-sparse, rel_err against dense and speedup,
+// dense's time over its own.
 func BenchmarkDecode(b *testing.B) {
 	workers := runtime.GOMAXPROCS(0)
 	pass := membw.NewPass(256<<20, workers, membw.Read)
@@ -155,6 +157,7 @@ func BenchmarkDecode(b *testing.B) {
 						read = int64(batch) * int64(c.opts.TopK) * pageBytes
 					}
 					b.SetBytes(read)
+					before := k.Stats()
 					var (
 						ratios, passes []float64
 						mem            float64 // the pass before this round
@@ -190,6 +193,9 @@ func BenchmarkDecode(b *testing.B) {
 					b.ReportMetric(median(ratios), "bw_ratio")
 					b.ReportMetric(bw/1e9, "best_mem_GB/s")
 					b.ReportMetric(rate*1e9/bw, "bw_ratio_best")
+					if st := k.Stats(); st.WorkNs > before.WorkNs {
+						b.ReportMetric(float64(st.IdleNs-before.IdleNs)/float64(st.WorkNs-before.WorkNs), "idle_frac")
+					}
 					var out []float32
 					for _, q := range sets[0] {
 						out = append(out, q.Out...)

@@ -117,20 +117,31 @@ type Kernel struct {
 
 	// What decode tokens read, for Stats; updated once per Attend call.
 	decodeTokens, contextPages, readPages atomic.Int64
+	// How the workers of calls split among several spent the compute
+	// phase, for Stats; updated once per such call.
+	workNs, idleNs atomic.Int64
 }
 
-// KernelStats counts what the decode tokens a Kernel attended read.
+// KernelStats counts what the decode tokens a Kernel attended read, and
+// how well its calls kept their workers busy.
 type KernelStats struct {
 	// DecodeTokens is the number of single-token queries.
 	DecodeTokens int64
 	// ContextPages is the pages their contexts held, summed over KV heads;
 	// ReadPages is the pages read, which block-sparse makes fewer.
 	ContextPages, ReadPages int64
+	// WorkNs is the time the workers of calls run by more than one spent
+	// in the compute phase, summed over the workers, each from when it
+	// joined; IdleNs is the part of it they spent done, waiting for the
+	// phase's last item. IdleNs/WorkNs is the share of those cores the
+	// split of the work left unused.
+	WorkNs, IdleNs int64
 }
 
 // Stats returns the kernel's counts so far.
 func (k *Kernel) Stats() KernelStats {
-	return KernelStats{DecodeTokens: k.decodeTokens.Load(), ContextPages: k.contextPages.Load(), ReadPages: k.readPages.Load()}
+	return KernelStats{DecodeTokens: k.decodeTokens.Load(), ContextPages: k.contextPages.Load(), ReadPages: k.readPages.Load(),
+		WorkNs: k.workNs.Load(), IdleNs: k.idleNs.Load()}
 }
 
 // NewKernel returns the kernel for the attention geometry of cfg.
@@ -257,6 +268,12 @@ type plan struct {
 	pacc   []float32 // partial sums, [slot][group][d]
 	next   atomic.Int64
 	phase  int
+	// While timed (the compute phase of a call with helpers), its workers
+	// count themselves for KernelStats: how many, and the sums of when
+	// each joined and left, in ns from t0.
+	timed              bool
+	t0                 time.Time
+	joined, began, end atomic.Int64
 	// Helpers of the kernel's team enter by the gate while a phase runs;
 	// the fields above are written only while it is closed.
 	gate
@@ -508,10 +525,26 @@ func (p *plan) run(n, phase int) {
 		p.work()
 		return
 	}
+	p.timed = phase == phaseItems
+	if p.timed {
+		p.t0 = time.Now()
+		p.joined.Store(0)
+		p.began.Store(0)
+		p.end.Store(0)
+	}
 	p.open()
 	// Closed even if the caller's work panics (a Router's, say), so that
 	// no helper is inside when the plan is reused.
-	defer p.close()
+	defer func() {
+		p.close()
+		if p.timed { // every worker is out: the phase is over
+			over := int64(time.Since(p.t0))
+			n := p.joined.Load()
+			p.k.workNs.Add(n*over - p.began.Load())
+			p.k.idleNs.Add(n*over - p.end.Load())
+			p.timed = false
+		}
+	}()
 	p.k.team.call(p, w-1)
 	p.work()
 }
@@ -519,6 +552,11 @@ func (p *plan) run(n, phase int) {
 // work takes indices of the current phase until none is left.
 func (p *plan) work() {
 	k := p.k
+	if p.timed {
+		p.joined.Add(1)
+		p.began.Add(int64(time.Since(p.t0)))
+		defer func() { p.end.Add(int64(time.Since(p.t0))) }()
+	}
 	s := k.pool.Get().(*kscratch)
 	defer k.pool.Put(s)
 	n := p.count()

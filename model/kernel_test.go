@@ -509,7 +509,9 @@ func TestBlockSparseReadsTheRoutedPages(t *testing.T) {
 				t.Errorf("relative error %.3g against attention over the routed pages", e)
 			}
 			kh := int64(cfg.NumKVHeads)
-			if got, want := k.Stats(), (KernelStats{DecodeTokens: 1, ContextPages: int64(pages) * kh, ReadPages: 20 * kh}); got != want {
+			got := k.Stats()
+			got.WorkNs, got.IdleNs = 0, 0 // timings, checked in TestKernelStatsWork
+			if want := (KernelStats{DecodeTokens: 1, ContextPages: int64(pages) * kh, ReadPages: 20 * kh}); got != want {
 				t.Errorf("stats %+v, want %+v", got, want)
 			}
 		})
@@ -525,7 +527,8 @@ func TestBlockSparseReadsTheRoutedPages(t *testing.T) {
 func TestDecodePlanSplitsByPages(t *testing.T) {
 	rng := rand.New(rand.NewPCG(runSeed(t), 9))
 	long := attendCase{"long", 8, 2, 16, BF16, 16, 4095, 1}
-	short := attendCase{"short", 8, 2, 16, BF16, 16, 63, 1}
+	// Contexts of minChunkPages pages: too short to cut.
+	short := attendCase{"short", 8, 2, 16, BF16, 16, 16*minChunkPages - 1, 1}
 	var qs []Query
 	for range 3 {
 		q, _ := kernelInput(t, short, rng)
@@ -574,7 +577,7 @@ func TestDecodePlanSplitsByPages(t *testing.T) {
 	}
 	for qi := range qs {
 		if qi != longQ && perQuery[qi] != 1 {
-			t.Errorf("short query %d (4 pages) is cut into %d items, want 1", qi, perQuery[qi])
+			t.Errorf("short query %d (%d pages) is cut into %d items, want 1", qi, minChunkPages, perQuery[qi])
 		}
 	}
 	for qi := range qs {
@@ -595,5 +598,49 @@ func TestDecodePlanSplitsByPages(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// TestKernelStatsWork checks the accounting of the workers' time: nothing
+// for calls one worker runs; for calls split among workers, a positive
+// WorkNs no larger than the workers times the calls' wall time, and an
+// IdleNs within it, both growing from call to call.
+func TestKernelStatsWork(t *testing.T) {
+	rng := rand.New(rand.NewPCG(runSeed(t), 21))
+	long := attendCase{"long", 8, 2, 16, BF16, 16, 4095, 1}
+	q, cfg := kernelInput(t, long, rng)
+
+	one, err := NewKernel(cfg, Options{Workers: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := one.Attend(q); err != nil {
+		t.Fatal(err)
+	}
+	if st := one.Stats(); st.WorkNs != 0 || st.IdleNs != 0 {
+		t.Errorf("one worker: WorkNs %d, IdleNs %d, want 0", st.WorkNs, st.IdleNs)
+	}
+
+	const workers = 2
+	k, err := NewKernel(cfg, Options{Workers: workers})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wall time.Duration
+	var last KernelStats
+	for i := range 5 {
+		t0 := time.Now()
+		if err := k.Attend(q); err != nil {
+			t.Fatal(err)
+		}
+		wall += time.Since(t0)
+		st := k.Stats()
+		if st.WorkNs <= last.WorkNs || st.IdleNs < last.IdleNs {
+			t.Errorf("call %d: stats went from %+v to %+v, want WorkNs to grow and IdleNs not to shrink", i, last, st)
+		}
+		if st.IdleNs > st.WorkNs || st.WorkNs > int64(workers)*wall.Nanoseconds() {
+			t.Errorf("call %d: WorkNs %d and IdleNs %d, want 0 <= IdleNs <= WorkNs <= %d workers × %v", i, st.WorkNs, st.IdleNs, workers, wall)
+		}
+		last = st
 	}
 }

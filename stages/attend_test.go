@@ -20,6 +20,9 @@ func TestRunBlockSparseCoveringEveryPageEqualsDense(t *testing.T) {
 	if a := rep.Attention; a.Kernel != "block_sparse" || a.Threads != 2 || a.TopK != 1000 || a.DecodeTokens == 0 || a.ReadPages != a.ContextPages || a.ReadShare != 1 {
 		t.Errorf("attention report %+v: want block_sparse on 2 threads reading every context page", a)
 	}
+	if a := rep.Attention; !(a.IdleShare >= 0 && a.IdleShare < 1) {
+		t.Errorf("attention report: idle_share %v, want a share in [0, 1)", a.IdleShare)
+	}
 }
 
 // With top_k = 2 (the sink and one recent page of pages of 8 tokens),

@@ -72,7 +72,9 @@ type ModelReport struct {
 
 // AttentionReport describes the attention kernel and what its decode
 // tokens read (all layers): ReadShare is ReadPages over ContextPages, 1 for
-// dense. Empty in a metadata run, which computes nothing.
+// dense; IdleShare is the share of the steps' worker time (those split
+// over several threads) spent waiting for the step's last item. Empty in a
+// metadata run, which computes nothing.
 type AttentionReport struct {
 	Kernel       string  `json:"kernel"`
 	Loops        string  `json:"loops"` // "avx2" or "go"
@@ -84,6 +86,7 @@ type AttentionReport struct {
 	ContextPages int64   `json:"context_pages"`
 	ReadPages    int64   `json:"read_pages"`
 	ReadShare    float64 `json:"read_share"`
+	IdleShare    float64 `json:"idle_share"`
 }
 
 func attentionReport(k *model.Kernel) AttentionReport {
@@ -93,7 +96,7 @@ func attentionReport(k *model.Kernel) AttentionReport {
 	o, st := k.Options(), k.Stats()
 	r := AttentionReport{Kernel: o.Kernel, Loops: k.Loops(), Threads: max(1, o.Workers),
 		DecodeTokens: st.DecodeTokens, ContextPages: st.ContextPages, ReadPages: st.ReadPages,
-		ReadShare: ratio(st.ReadPages, st.ContextPages)}
+		ReadShare: ratio(st.ReadPages, st.ContextPages), IdleShare: ratio(st.IdleNs, st.WorkNs)}
 	if r.Kernel == "" {
 		r.Kernel = model.KernelDense
 	}
