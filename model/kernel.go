@@ -508,8 +508,12 @@ const (
 	// times, few enough that the tile's accumulators stay in L1/L2.
 	prefillRows = 32
 	// minChunkPages keeps a split decode chunk large enough that the merge
-	// and scheduling cost little against reading it.
-	minChunkPages = 4
+	// and scheduling cost little against reading it. The last chunks run
+	// while the other workers finish theirs: one token over 8K of the 8B
+	// shape on two workers left one idle 60-70 µs a call at the end with
+	// 4 (KernelStats.IdleNs), 20-25 µs with 2, and each chunk adds a
+	// slot per KV head to the merge.
+	minChunkPages = 2
 )
 
 // run executes phase on items [0, n) with the caller and up to Workers-1
