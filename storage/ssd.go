@@ -63,8 +63,10 @@ const (
 	ssdSumOff    = 12
 	ssdMagic     = 0x4b56 // "KV"
 	// ssdFormat 2: the key pages of the shapes model.KeyTileFor tiles hold
-	// their keys in tiles of 16 tokens; format 1 held rows. A page of
-	// another format is read as a bad value: dropped, a miss.
+	// their keys in tiles of 16 tokens; format 1 held rows. The header and
+	// checksum are those of format 1: a page of another format whose
+	// checksum holds is stale (written by another build), dropped as a
+	// miss; one whose checksum fails is corrupt.
 	ssdFormat = 2
 	// ssdValueThreshold is Badger's ValueThreshold: values from this size go
 	// to the value log, so the LSM tree holds only keys and value pointers
@@ -207,7 +209,7 @@ type SSDTier struct {
 	restored                     int64
 
 	// Counters updated without mu.
-	hits, misses, bytesRead, checksumFailures, writeErrors atomic.Uint64
+	hits, misses, bytesRead, checksumFailures, writeErrors, stalePages atomic.Uint64
 
 	// ops counts the methods using db; Close waits for them after setting
 	// closed (under mu, where ops are added) before closing db.
@@ -694,6 +696,12 @@ func (t *SSDTier) Read(key PageKey, buf []byte) (*Page, error) {
 	case err != nil:
 		t.misses.Add(1)
 		return nil, fmt.Errorf("ssd tier: read %s: %w", key, err)
+	case errors.As(bad, new(errSSDStale)):
+		t.stalePages.Add(1)
+		t.misses.Add(1)
+		t.log.Info("ssd tier: dropping a page of another format", "dir", t.dir, "page", key.String(), "error", bad)
+		t.drop(e, gen, true)
+		return nil, fmt.Errorf("ssd tier: read %s: %v: %w", key, bad, ErrNotFound)
 	case bad != nil:
 		t.checksumFailures.Add(1)
 		t.misses.Add(1)
@@ -760,6 +768,7 @@ func (t *SSDTier) Stats() TierStats {
 	s.Misses = t.misses.Load()
 	s.BytesRead = t.bytesRead.Load()
 	s.ChecksumFailures = t.checksumFailures.Load()
+	s.StalePages = t.stalePages.Load()
 	s.WriteErrors = t.writeErrors.Load()
 	s.DiskBytes = dirBytes(t.dir)
 	return s
@@ -928,9 +937,6 @@ func decodeSSDValue(kb, v, buf []byte) (k, vv []byte, err error) {
 	if binary.BigEndian.Uint16(v[0:2]) != ssdMagic {
 		return nil, nil, errSSDValue(fmt.Sprintf("bad magic %x", v[0:4]))
 	}
-	if v[2] != ssdFormat {
-		return nil, nil, errSSDValue(fmt.Sprintf("stored in format %d, this build reads format %d (pages of format 1 lay keys out in rows)", v[2], ssdFormat))
-	}
 	nk, nv := uint64(binary.BigEndian.Uint32(v[4:8])), uint64(binary.BigEndian.Uint32(v[8:12]))
 	if nk+nv != uint64(len(v)-ssdHeaderLen) {
 		return nil, nil, errSSDValue(fmt.Sprintf("lengths %d+%d in a value of %d bytes", nk, nv, len(v)))
@@ -945,7 +951,17 @@ func decodeSSDValue(kb, v, buf []byte) (k, vv []byte, err error) {
 	if want := binary.BigEndian.Uint64(v[ssdSumOff:]); sum != want {
 		return nil, nil, errSSDValue(fmt.Sprintf("checksum %016x, stored %016x", sum, want))
 	}
+	if v[2] != ssdFormat {
+		return nil, nil, errSSDStale(v[2])
+	}
 	return buf[:nk:nk], buf[nk:n:n], nil
+}
+
+// errSSDStale is the format of an intact page this build does not read.
+type errSSDStale byte
+
+func (e errSSDStale) Error() string {
+	return fmt.Sprintf("stored in format %d, this build reads format %d (pages of format 1 lay keys out in rows)", byte(e), ssdFormat)
 }
 
 // copySum copies a then b to dst, which holds exactly both, and returns the

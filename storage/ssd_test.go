@@ -913,3 +913,58 @@ func TestSSDValueFormat(t *testing.T) {
 		t.Fatalf("decode: %v", err)
 	}
 }
+
+// TestSSDStaleFormat stores intact pages of other formats (format 1, which
+// held keys in rows, and a later one): a read drops each as a miss
+// (ErrNotFound) counted in StalePages, not as a checksum failure; a flip
+// of the format byte of a current page is one.
+func TestSSDStaleFormat(t *testing.T) {
+	const size = 8192
+	s := openSSD(t, t.TempDir(), 1<<20)
+	defer s.Close()
+	for i, format := range []byte{1, ssdFormat + 1} {
+		k := sk(i, 0)
+		if err := s.Write(ssdPageFor(k, size)); err != nil {
+			t.Fatal(err)
+		}
+		v, err := s.rawValue(k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var kb [ssdKeyLen]byte
+		encodeSSDKey(kb[:], k)
+		v[2] = format
+		sum := copySum(make([]byte, len(v)-ssdHeaderLen), v[ssdHeaderLen:], nil, ssdSumHead(kb[:], v))
+		binary.BigEndian.PutUint64(v[ssdSumOff:], sum)
+		if err := s.setRawValue(k, v); err != nil {
+			t.Fatal(err)
+		}
+		before := s.Stats()
+		p, err := s.Read(k, nil)
+		if !errors.Is(err, ErrNotFound) || errors.Is(err, ErrChecksum) || p != nil {
+			t.Fatalf("format %d: read %v, %v; want ErrNotFound and no page", format, p, err)
+		}
+		st := s.Stats()
+		if st.StalePages != before.StalePages+1 || st.ChecksumFailures != before.ChecksumFailures || st.Misses != before.Misses+1 || st.Pages != before.Pages-1 {
+			t.Fatalf("format %d: stats after the read %+v, before %+v", format, st, before)
+		}
+		if _, err := s.rawValue(k); !errors.Is(err, badger.ErrKeyNotFound) {
+			t.Fatalf("format %d: stale page still in Badger: %v", format, err)
+		}
+		checkSSDInvariants(t, s)
+	}
+	k := sk(9, 0)
+	if err := s.Write(ssdPageFor(k, size)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.flipRawByte(k, 2); err != nil {
+		t.Fatal(err)
+	}
+	before := s.Stats()
+	if _, err := s.Read(k, nil); !errors.Is(err, ErrChecksum) {
+		t.Fatalf("a flipped format byte: %v, want ErrChecksum", err)
+	}
+	if st := s.Stats(); st.ChecksumFailures != before.ChecksumFailures+1 || st.StalePages != before.StalePages {
+		t.Fatalf("a flipped format byte: stats %+v, before %+v", st, before)
+	}
+}

@@ -76,9 +76,10 @@ type Store interface {
 	// Unpin releases one pin of key; ErrNotPinned if it holds none.
 	Unpin(key PageKey) error
 	// Read returns a copy of key's page, using buf for its bytes when buf is
-	// large enough. It fails with ErrNotFound when the page is not stored,
-	// and with ErrChecksum, after dropping the page, when the stored bytes
-	// do not match their checksum.
+	// large enough. It fails with ErrNotFound when the page is not stored
+	// (or, dropped, is stored in a format the tier no longer reads), and
+	// with ErrChecksum, after dropping the page, when the stored bytes do
+	// not match their checksum.
 	Read(key PageKey, buf []byte) (*Page, error)
 	// Stats returns a snapshot of the tier's counters.
 	Stats() TierStats
@@ -107,6 +108,9 @@ type TierStats struct {
 	// dropped); WriteErrors counts writes the medium refused.
 	ChecksumFailures uint64 `json:"checksum_failures"`
 	WriteErrors      uint64 `json:"write_errors"`
+	// StalePages counts intact pages read back in a format this build does
+	// not read (written by another version), dropped as misses.
+	StalePages uint64 `json:"stale_pages"`
 	// RestoredPages counts pages found in the tier when it was opened.
 	RestoredPages int64 `json:"restored_pages"`
 	// DiskBytes is the space the tier's files take, garbage included.
