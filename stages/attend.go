@@ -3,6 +3,7 @@ package stages
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/kvflow/kvflow/model"
 )
@@ -25,8 +26,15 @@ type AttendSettings struct {
 	// decode token's pages are split among them. The stage's workers
 	// already run different requests in parallel, so the default is 1.
 	Threads *int `hcl:"threads,optional"`
+	// Linger is how long the kernel's helper goroutines (threads > 1) wait,
+	// spinning, for the next step's call before they exit: a Go duration
+	// ("500us", "2ms"); "0s" makes them exit after each call, and unset is
+	// model.DefaultLinger. Steps in quick succession find lingering helpers
+	// running; one started afresh begins tens of µs later.
+	Linger string `hcl:"linger,optional"`
 
 	router *model.LearnedRouter // loaded by Validate
+	linger time.Duration        // parsed by Validate; < 0: exit at once
 }
 
 // Validate implements Validator. It loads the router file, so that a bad
@@ -65,6 +73,19 @@ func (s *AttendSettings) Validate() error {
 	if s.Threads != nil && *s.Threads < 1 {
 		return SettingErrorf("threads", "%d: must be at least 1", *s.Threads)
 	}
+	if s.Linger != "" {
+		d, err := time.ParseDuration(s.Linger)
+		switch {
+		case err != nil:
+			return SettingErrorf("linger", "%q: want a duration such as \"1ms\"", s.Linger)
+		case d < 0 || d > time.Second:
+			return SettingErrorf("linger", "%s: must be from 0s (helpers exit after each call) to 1s", s.Linger)
+		case d == 0:
+			s.linger = -1
+		default:
+			s.linger = d
+		}
+	}
 	return nil
 }
 
@@ -72,7 +93,7 @@ func (s *AttendSettings) Validate() error {
 // head dimension headDim; threads is the hardware block's derived default
 // (0: none).
 func (s *AttendSettings) options(headDim, threads int) (model.Options, error) {
-	o := model.Options{Kernel: s.Kernel, Workers: max(1, threads)}
+	o := model.Options{Kernel: s.Kernel, Workers: max(1, threads), Linger: s.linger}
 	if s.Threads != nil {
 		o.Workers = *s.Threads
 	}

@@ -3,6 +3,9 @@ package stages
 import (
 	"math"
 	"testing"
+	"time"
+
+	"github.com/kvflow/kvflow/model"
 )
 
 // Block-sparse attention whose top_k covers every page goes through the
@@ -63,4 +66,29 @@ func TestRunBlockSparseReadsFewerPages(t *testing.T) {
 		t.Fatalf("%d of %d long-context decode steps differ from dense: block-sparse read every page", differ, decodes)
 	}
 	t.Logf("%d of %d long-context decode steps differ from dense", differ, decodes)
+}
+
+// linger reaches the kernel's options: unset is the kernel's default (0),
+// "0s" helpers that exit after each call (< 0), a duration itself.
+func TestAttendLinger(t *testing.T) {
+	for _, c := range []struct {
+		linger string
+		want   time.Duration
+	}{{"", 0}, {"0s", -1}, {"250us", 250 * time.Microsecond}, {"1s", time.Second}} {
+		s := AttendSettings{Kernel: model.KernelDense, Linger: c.linger}
+		if err := s.Validate(); err != nil {
+			t.Fatalf("linger %q: %v", c.linger, err)
+		}
+		o, err := s.options(128, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if o.Linger != c.want || o.Workers != 2 {
+			t.Errorf("linger %q: options %+v, want Linger %v on 2 workers", c.linger, o, c.want)
+		}
+	}
+	s := AttendSettings{Kernel: model.KernelDense, Linger: "2s"}
+	if err := s.Validate(); err == nil {
+		t.Error("linger 2s accepted, want at most 1s")
+	}
 }

@@ -151,6 +151,8 @@ func TestBuildDiagnostics(t *testing.T) {
 		{"top_k", tiny + "stage \"attend\" {\n  kernel = \"block_sparse\"\n  top_k = 0\n}\n", "Invalid top_k", 29, 11},
 		{"recent", tiny + "stage \"attend\" {\n  kernel = \"block_sparse\"\n  top_k = 4\n  recent = 0\n}\n", "Invalid recent", 30, 12},
 		{"threads", tiny + "stage \"attend\" {\n  threads = 0\n}\n", "Invalid threads", 28, 13},
+		{"linger", tiny + "stage \"attend\" {\n  linger = \"soon\"\n}\n", "Invalid linger", 28, 12},
+		{"negative linger", tiny + "stage \"attend\" {\n  linger = \"-1ms\"\n}\n", "Invalid linger", 28, 12},
 		{"router file", tiny + "stage \"attend\" {\n  kernel = \"block_sparse\"\n  top_k = 4\n  router = \"/nonexistent/router.safetensors\"\n}\n", "Invalid router", 30, 12},
 		{"stage attribute", tiny + "stage \"prefetch\" {\n  depth = 4\n}\n", "Unsupported argument", 28, 3},
 		{"no fetch", tiny + "stages = [\"attend\"]\n", "No fetch stage", 27, 10},
