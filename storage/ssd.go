@@ -42,10 +42,23 @@ type SSDOptions struct {
 	// GCInterval is the period of value-log garbage collection, which gives
 	// back the disk space of evicted pages; default 30s, negative disables.
 	GCInterval time.Duration
+	// MinFree is the space, in bytes, a Write leaves free on Dir's file
+	// system: one that would leave less fails with ErrDiskFull, which is
+	// also an ErrNoSpace (the page is not cached there). Badger
+	// writes its value log and memtables through memory maps of files it
+	// creates sparse, and a store into such a map on a full disk kills the
+	// process (SIGBUS) instead of failing; the margin covers what Badger
+	// writes besides the pages (memtables, table flushes, compactions) and
+	// other writers to the disk between two Writes. 0 means
+	// DefaultSSDMinFree; negative, no check.
+	MinFree int64
 	// Log receives the tier's and Badger's messages (Badger's Info at Debug
 	// level); nil discards them.
 	Log hclog.Logger
 }
+
+// DefaultSSDMinFree is SSDOptions.MinFree when it is 0.
+const DefaultSSDMinFree = 256 << 20
 
 // Layout of the tier's Badger keys and values.
 const (
@@ -180,6 +193,7 @@ type SSDTier struct {
 	dir       string
 	capacity  int64
 	maxPage   int64 // largest page one value-log file takes
+	minFree   int64 // SSDOptions.MinFree, resolved; < 0: no check
 	namespace string
 	log       hclog.Logger
 
@@ -210,6 +224,7 @@ type SSDTier struct {
 
 	// Counters updated without mu.
 	hits, misses, bytesRead, checksumFailures, writeErrors, stalePages atomic.Uint64
+	warnedFull                                                         atomic.Bool // the first ErrDiskFull was logged
 
 	// ops counts the methods using db; Close waits for them after setting
 	// closed (under mu, where ops are added) before closing db.
@@ -255,9 +270,13 @@ func OpenSSDTier(o SSDOptions) (*SSDTier, error) {
 		dir:       o.Dir,
 		capacity:  o.Capacity,
 		maxPage:   bo.ValueLogFileSize - ssdHeaderLen,
+		minFree:   o.MinFree,
 		namespace: o.Namespace,
 		log:       o.Log,
 		index:     map[PageKey]*ssdEntry{},
+	}
+	if t.minFree == 0 {
+		t.minFree = DefaultSSDMinFree
 	}
 	t.lru.next, t.lru.prev = &t.lru, &t.lru
 	if err := t.checkNamespace(); err != nil {
@@ -428,6 +447,19 @@ func (t *SSDTier) Write(p *Page) error {
 	}
 	if size > t.maxPage {
 		return fmt.Errorf("ssd tier: page %s of %d bytes, more than a value-log file takes (%d): %w", key, size, t.maxPage, ErrTooLarge)
+	}
+	if t.minFree >= 0 {
+		// Before Badger maps the bytes in: see SSDOptions.MinFree.
+		if free, ok := diskFree(t.dir); ok && free < uint64(t.minFree+size) {
+			t.writeErrors.Add(1)
+			if !t.warnedFull.Swap(true) {
+				t.log.Warn("ssd tier: the disk is nearly full: writes are refused while it is; further ones are counted, not logged",
+					"dir", t.dir, "free_bytes", free, "min_free", t.minFree)
+			}
+			// No space in the store, as far as its users go: the page
+			// is not cached there.
+			return fmt.Errorf("ssd tier: write %s: %d bytes free on the disk of %s, keeping %d: %w (%w)", key, free, t.dir, t.minFree, ErrDiskFull, ErrNoSpace)
+		}
 	}
 	t.mu.Lock()
 	var e *ssdEntry

@@ -968,3 +968,59 @@ func TestSSDStaleFormat(t *testing.T) {
 		t.Fatalf("a flipped format byte: stats %+v, before %+v", st, before)
 	}
 }
+
+// TestSSDDiskFull: with more free space asked for than the disk has, every
+// Write fails with ErrDiskFull (an ErrNoSpace too), counted in WriteErrors,
+// before Badger takes any byte, and the pages already stored still read
+// back. Without the check (MinFree < 0) the same tier writes.
+func TestSSDDiskFull(t *testing.T) {
+	const size = 8192
+	free, ok := diskFree(t.TempDir())
+	if !ok {
+		t.Skip("this system cannot tell a disk's free space")
+	}
+	if free == 0 {
+		t.Fatal("diskFree reports 0 bytes free on a disk this test just wrote a directory to")
+	}
+	dir := t.TempDir()
+	s := openSSD(t, dir, 1<<20)
+	stored := sk(0, 0)
+	if err := s.Write(ssdPageFor(stored, size)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		minFree int64
+		full    bool
+	}{{int64(free) * 4, true}, {1 << 62, true}, {-1, false}} {
+		s, err := OpenSSDTier(SSDOptions{Dir: dir, Capacity: 1 << 20, Namespace: "test", MinFree: c.minFree})
+		if err != nil {
+			t.Fatal(err)
+		}
+		before := s.Stats()
+		k := sk(1, 0)
+		err = s.Write(ssdPageFor(k, size))
+		st := s.Stats()
+		if c.full {
+			if !errors.Is(err, ErrDiskFull) || !errors.Is(err, ErrNoSpace) {
+				t.Errorf("MinFree %d: write %v, want ErrDiskFull and ErrNoSpace", c.minFree, err)
+			}
+			if st.WriteErrors != before.WriteErrors+1 || st.Pages != before.Pages || st.UsedBytes != before.UsedBytes || s.Contains(k) {
+				t.Errorf("MinFree %d: stats %+v after a refused write, before %+v", c.minFree, st, before)
+			}
+		} else if err != nil || !s.Contains(k) {
+			t.Errorf("MinFree %d (no check): write %v", c.minFree, err)
+		}
+		p, err := s.Read(stored, nil)
+		if err != nil {
+			t.Fatalf("MinFree %d: the page stored before: %v", c.minFree, err)
+		}
+		checkSSDPage(t, p, stored, size)
+		checkSSDInvariants(t, s)
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -7,6 +7,9 @@ var (
 	// ErrNoSpace means a page does not fit in a tier even after evicting every
 	// unpinned page: the rest is pinned by requests in flight.
 	ErrNoSpace = errors.New("no space in tier")
+	// ErrDiskFull means the disk under a store has too little free space
+	// left for a write (see SSDOptions.MinFree).
+	ErrDiskFull = errors.New("disk nearly full")
 	// ErrTooLarge means a page is larger than the tier's whole capacity.
 	ErrTooLarge = errors.New("page larger than tier capacity")
 	// ErrNotPinned means Unpin was called for a page that holds no pin.
