@@ -48,9 +48,11 @@ type SSDOptions struct {
 	// writes its value log and memtables through memory maps of files it
 	// creates sparse, and a store into such a map on a full disk kills the
 	// process (SIGBUS) instead of failing; the margin covers what Badger
-	// writes besides the pages (memtables, table flushes, compactions) and
-	// other writers to the disk between two Writes. 0 means
-	// DefaultSSDMinFree; negative, no check.
+	// writes besides the pages (memtables, table flushes, compactions, the
+	// value-log GC's rewrites of live pages) and other writers to the disk
+	// between two Writes. 0 means DefaultSSDMinFree plus one value-log
+	// file (a quarter of Capacity, from 16 MiB to 1 GiB); negative, no
+	// check.
 	MinFree int64
 	// Log receives the tier's and Badger's messages (Badger's Info at Debug
 	// level); nil discards them.
@@ -276,7 +278,7 @@ func OpenSSDTier(o SSDOptions) (*SSDTier, error) {
 		index:     map[PageKey]*ssdEntry{},
 	}
 	if t.minFree == 0 {
-		t.minFree = DefaultSSDMinFree
+		t.minFree = DefaultSSDMinFree + bo.ValueLogFileSize
 	}
 	t.lru.next, t.lru.prev = &t.lru, &t.lru
 	if err := t.checkNamespace(); err != nil {
