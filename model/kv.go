@@ -66,12 +66,20 @@ func (kv *PagedKV) Grow(tokens int) error {
 	if err := kv.checkGeometry(); err != nil {
 		return err
 	}
-	for n := kv.Pages(tokens); len(kv.K) < n || len(kv.V) < n; {
-		if len(kv.K) < n {
-			kv.K = append(kv.K, make([]byte, kv.PageBytes()))
-		}
-		if len(kv.V) < n {
-			kv.V = append(kv.V, make([]byte, kv.PageBytes()))
+	n := kv.Pages(tokens)
+	nk, nv := max(0, n-len(kv.K)), max(0, n-len(kv.V))
+	if nk+nv == 0 {
+		return nil
+	}
+	// One allocation for the new pages, each capped at its end.
+	pb := kv.PageBytes()
+	slab := make([]byte, (nk+nv)*pb)
+	for i := range nk + nv {
+		page := slab[i*pb : (i+1)*pb : (i+1)*pb]
+		if i < nk {
+			kv.K = append(kv.K, page)
+		} else {
+			kv.V = append(kv.V, page)
 		}
 	}
 	return nil
