@@ -65,8 +65,9 @@ func (e *Evict) commit(s *Step) error {
 		}
 		if _, err := seq.Lease.Commit(pg); err != nil {
 			if errors.Is(err, storage.ErrNoSpace) || errors.Is(err, storage.ErrTooLarge) {
-				// Everything else is pinned: the page stays private to this
-				// request, which still has it. Nothing is lost.
+				// Everything else is pinned, or the store's disk is nearly
+				// full: the page stays private to this request, which
+				// still has it. Nothing is lost.
 				e.env.commitFailures.Add(1)
 				continue
 			}

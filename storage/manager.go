@@ -209,7 +209,13 @@ func (m *Manager) Flush() (int, error) {
 			return true
 		}
 		if werr := m.store.Write(p); werr != nil {
-			if errors.Is(werr, ErrNoSpace) || errors.Is(werr, ErrTooLarge) {
+			switch {
+			case errors.Is(werr, ErrDiskFull):
+				// Every further write would be refused too.
+				m.log.Warn("flush stopped: the disk under the store is nearly full; the rest of the memory tier's pages are not written down",
+					"tier", m.store.Name(), "written", n, "error", werr)
+				return false
+			case errors.Is(werr, ErrNoSpace) || errors.Is(werr, ErrTooLarge):
 				return true // the rest of the store is pinned: nothing lost
 			}
 			err = fmt.Errorf("flush %s to %s tier: %w", p.Key, m.store.Name(), werr)
@@ -507,7 +513,8 @@ func (l *Lease) PinResident(key PageKey) (*Page, bool, error) {
 // When the memory tier has no room (ErrNoSpace, ErrTooLarge), the page goes
 // to the store under either policy, so the cache still gains it, and the
 // error is returned: the page stays private to the request. A store that
-// fails (a full disk) fails Commit.
+// fails (a disk error) fails Commit; one whose disk is nearly full
+// (ErrDiskFull) has no room, like a full tier.
 func (l *Lease) Commit(p *Page) (*Page, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -19,7 +20,8 @@ type memStore struct {
 	corrupt map[PageKey]bool   // read fails with ErrChecksum once; guarded by mu
 	reads   atomic.Int64
 	writes  atomic.Int64
-	failAll error // every Write fails with it
+	tries   atomic.Int64 // Writes called
+	failAll error        // every Write fails with it
 }
 
 func newMemStore() *memStore {
@@ -28,6 +30,7 @@ func newMemStore() *memStore {
 
 func (s *memStore) Name() string { return "mem" }
 func (s *memStore) Write(p *Page) error {
+	s.tries.Add(1)
 	if s.failAll != nil {
 		return s.failAll
 	}
@@ -376,6 +379,24 @@ func stressManager(t *testing.T, m *Manager) {
 	}
 	if s := m.ManagerStats(); s.Promoted+s.PrivateLoads == 0 || s.StorePages == 0 {
 		t.Fatalf("stats %+v: the stress never loaded from the store", s)
+	}
+}
+
+// A store with no room takes none of Flush's pages, and Flush goes on
+// (pinned pages may leave); one whose disk is nearly full stops it at the
+// first page. Neither is an error: the pages stay in the memory tier.
+func TestManagerFlushNoRoom(t *testing.T) {
+	for _, c := range []struct {
+		err   error
+		tries int64
+	}{{ErrNoSpace, 4}, {fmt.Errorf("disk: %w (%w)", ErrDiskFull, ErrNoSpace), 1}} {
+		m, _, st := tieredManager(t, 4, WriteBack)
+		commitBlocks(t, m, 1, 2)
+		st.failAll = c.err
+		n, err := m.Flush()
+		if n != 0 || err != nil || st.tries.Load() != c.tries {
+			t.Errorf("store failing with %v: Flush wrote %d, %v, after %d tries; want 0, nil, %d", c.err, n, err, st.tries.Load(), c.tries)
+		}
 	}
 }
 

@@ -226,7 +226,7 @@ type SSDTier struct {
 
 	// Counters updated without mu.
 	hits, misses, bytesRead, checksumFailures, writeErrors, stalePages atomic.Uint64
-	warnedFull                                                         atomic.Bool // the first ErrDiskFull was logged
+	warnedFull, warnedStale                                            atomic.Bool // the first ErrDiskFull, stale page was logged
 
 	// ops counts the methods using db; Close waits for them after setting
 	// closed (under mu, where ops are added) before closing db.
@@ -450,19 +450,6 @@ func (t *SSDTier) Write(p *Page) error {
 	if size > t.maxPage {
 		return fmt.Errorf("ssd tier: page %s of %d bytes, more than a value-log file takes (%d): %w", key, size, t.maxPage, ErrTooLarge)
 	}
-	if t.minFree >= 0 {
-		// Before Badger maps the bytes in: see SSDOptions.MinFree.
-		if free, ok := diskFree(t.dir); ok && free < uint64(t.minFree+size) {
-			t.writeErrors.Add(1)
-			if !t.warnedFull.Swap(true) {
-				t.log.Warn("ssd tier: the disk is nearly full: writes are refused while it is; further ones are counted, not logged",
-					"dir", t.dir, "free_bytes", free, "min_free", t.minFree)
-			}
-			// No space in the store, as far as its users go: the page
-			// is not cached there.
-			return fmt.Errorf("ssd tier: write %s: %d bytes free on the disk of %s, keeping %d: %w (%w)", key, free, t.dir, t.minFree, ErrDiskFull, ErrNoSpace)
-		}
-	}
 	t.mu.Lock()
 	var e *ssdEntry
 	for {
@@ -490,6 +477,20 @@ func (t *SSDTier) Write(p *Page) error {
 			key, size, t.used, t.capacity, t.pinned, t.reserved, ErrNoSpace)
 		t.mu.Unlock()
 		return err
+	}
+	// Before anything is evicted for it or Badger maps its bytes in (see
+	// SSDOptions.MinFree). A statfs takes about a µs, against the write's
+	// hundreds.
+	if free, ok := diskFree(t.dir); ok && t.minFree >= 0 && free < uint64(t.minFree+size) {
+		t.mu.Unlock()
+		t.writeErrors.Add(1)
+		if !t.warnedFull.Swap(true) {
+			t.log.Warn("ssd tier: the disk is nearly full: writes are refused while it is; further ones are counted, not logged",
+				"dir", t.dir, "free_bytes", free, "min_free", t.minFree)
+		}
+		// No space in the store, as far as its users go: the page is not
+		// cached there.
+		return fmt.Errorf("ssd tier: write %s: %d bytes free on the disk of %s, keeping %d: %w (%w)", key, free, t.dir, t.minFree, ErrDiskFull, ErrNoSpace)
 	}
 	var victims []*ssdEntry
 	for t.used+t.reserved+size > t.capacity {
@@ -683,8 +684,9 @@ func (t *SSDTier) Unpin(key PageKey) error {
 
 // Read implements Store. The checksum is verified on every read; the
 // page's bytes are copied out of Badger's buffer as they are verified, into
-// buf when it is large enough. On a checksum failure buf may hold some of
-// the bad bytes, but no page is returned. A failed read counts as a miss.
+// buf when it is large enough. On a checksum failure, or a page of another
+// format (dropped, ErrNotFound), buf may hold some of the bytes, but no
+// page is returned. A failed read counts as a miss.
 func (t *SSDTier) Read(key PageKey, buf []byte) (*Page, error) {
 	t.mu.Lock()
 	if t.closed {
@@ -733,7 +735,10 @@ func (t *SSDTier) Read(key PageKey, buf []byte) (*Page, error) {
 	case errors.As(bad, new(errSSDStale)):
 		t.stalePages.Add(1)
 		t.misses.Add(1)
-		t.log.Info("ssd tier: dropping a page of another format", "dir", t.dir, "page", key.String(), "error", bad)
+		if !t.warnedStale.Swap(true) {
+			t.log.Info("ssd tier: dropping pages of another format as they are read; further ones are counted (stale_pages), not logged",
+				"dir", t.dir, "page", key.String(), "error", bad)
+		}
 		t.drop(e, gen, true)
 		return nil, fmt.Errorf("ssd tier: read %s: %v: %w", key, bad, ErrNotFound)
 	case bad != nil:

@@ -52,7 +52,9 @@ func checkSSDPage(t testing.TB, p *Page, key PageKey, size int) {
 
 func openSSD(t testing.TB, dir string, capacity int64) *SSDTier {
 	t.Helper()
-	s, err := OpenSSDTier(SSDOptions{Dir: dir, Capacity: capacity, Namespace: "test"})
+	// No free-space check: these tests hold no matter how full the
+	// test's disk is (TestSSDDiskFull checks it).
+	s, err := OpenSSDTier(SSDOptions{Dir: dir, Capacity: capacity, Namespace: "test", MinFree: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -970,9 +972,11 @@ func TestSSDStaleFormat(t *testing.T) {
 }
 
 // TestSSDDiskFull: with more free space asked for than the disk has, every
-// Write fails with ErrDiskFull (an ErrNoSpace too), counted in WriteErrors,
-// before Badger takes any byte, and the pages already stored still read
-// back. Without the check (MinFree < 0) the same tier writes.
+// Write of a new page fails with ErrDiskFull (an ErrNoSpace too), counted
+// in WriteErrors, before anything is evicted or Badger takes any byte; a
+// Write of a page already stored only marks it recent, and the pages
+// stored still read back. Without the check (MinFree < 0) the same tier
+// writes. MinFree 0 keeps DefaultSSDMinFree and one value-log file.
 func TestSSDDiskFull(t *testing.T) {
 	const size = 8192
 	free, ok := diskFree(t.TempDir())
@@ -983,7 +987,13 @@ func TestSSDDiskFull(t *testing.T) {
 		t.Fatal("diskFree reports 0 bytes free on a disk this test just wrote a directory to")
 	}
 	dir := t.TempDir()
-	s := openSSD(t, dir, 1<<20)
+	s, err := OpenSSDTier(SSDOptions{Dir: dir, Capacity: 1 << 20, Namespace: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := DefaultSSDMinFree + SSDBadgerOptions(dir, SSDOptions{Capacity: 1 << 20}).ValueLogFileSize; s.minFree != want {
+		t.Errorf("MinFree 0 keeps %d bytes free, want %d", s.minFree, want)
+	}
 	stored := sk(0, 0)
 	if err := s.Write(ssdPageFor(stored, size)); err != nil {
 		t.Fatal(err)
@@ -1009,6 +1019,9 @@ func TestSSDDiskFull(t *testing.T) {
 			}
 			if st.WriteErrors != before.WriteErrors+1 || st.Pages != before.Pages || st.UsedBytes != before.UsedBytes || s.Contains(k) {
 				t.Errorf("MinFree %d: stats %+v after a refused write, before %+v", c.minFree, st, before)
+			}
+			if err := s.Write(ssdPageFor(stored, size)); err != nil {
+				t.Errorf("MinFree %d: write of a page already stored: %v, want nil", c.minFree, err)
 			}
 		} else if err != nil || !s.Contains(k) {
 			t.Errorf("MinFree %d (no check): write %v", c.minFree, err)

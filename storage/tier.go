@@ -5,7 +5,8 @@ import "errors"
 // Errors returned by tiers and the manager.
 var (
 	// ErrNoSpace means a page does not fit in a tier even after evicting every
-	// unpinned page: the rest is pinned by requests in flight.
+	// unpinned page: the rest is pinned by requests in flight. A store
+	// whose disk is nearly full also returns it (with ErrDiskFull).
 	ErrNoSpace = errors.New("no space in tier")
 	// ErrDiskFull means the disk under a store has too little free space
 	// left for a write (see SSDOptions.MinFree).
@@ -67,8 +68,9 @@ type Store interface {
 	Name() string
 	// Write stores a copy of p, evicting the coldest unpinned pages to make
 	// room. If p's key is already stored, Write only marks it recent. It
-	// fails with ErrTooLarge or ErrNoSpace rather than exceed the capacity,
-	// and with the underlying error when the medium fails (a full disk).
+	// fails with ErrTooLarge or ErrNoSpace rather than exceed the capacity
+	// or fill the disk (ErrDiskFull, which is also ErrNoSpace), and with
+	// the underlying error when the medium fails.
 	Write(p *Page) error
 	// Contains reports whether key is stored. Unless the page is pinned it
 	// may be evicted at any moment after.

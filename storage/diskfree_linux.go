@@ -1,5 +1,3 @@
-//go:build unix
-
 package storage
 
 import "golang.org/x/sys/unix"
@@ -11,5 +9,5 @@ func diskFree(dir string) (uint64, bool) {
 	if err := unix.Statfs(dir, &st); err != nil {
 		return 0, false
 	}
-	return uint64(st.Bavail) * uint64(st.Bsize), true
+	return st.Bavail * uint64(st.Frsize), true
 }
