@@ -139,7 +139,7 @@ func (t *Tier) check() hcl.Diagnostics {
 		for _, a := range []struct {
 			name string
 			set  bool
-		}{{"path", t.Path != nil}, {"write", t.Write != nil}, {"sync", t.Sync != nil}} {
+		}{{"path", t.Path != nil}, {"write", t.Write != nil}, {"sync", t.Sync != nil}, {"min_free", t.MinFree != nil}} {
 			if a.set {
 				diags = append(diags, errorAt(AttrRange(t.Body, a.name, t.DeclRange), "Unsupported argument",
 					fmt.Sprintf("%s applies to the ssd tier; the %s tier is process memory.", a.name, t.Name)))
@@ -151,6 +151,11 @@ func (t *Tier) check() hcl.Diagnostics {
 		diags = append(diags, errorAt(t.DeclRange, "Missing path", `The ssd tier needs a directory: path = ".flow/kv".`))
 	} else if *t.Path == "" {
 		diags = append(diags, errorAt(AttrRange(t.Body, "path", t.DeclRange), "Invalid path", "path is empty."))
+	}
+	if t.MinFree != nil {
+		if _, err := ParseMinFree(*t.MinFree); err != nil {
+			diags = append(diags, errorAt(AttrRange(t.Body, "min_free", t.DeclRange), "Invalid min_free", err.Error()+"."))
+		}
 	}
 	if t.Write != nil && *t.Write != "write_back" && *t.Write != "write_through" {
 		diags = append(diags, errorAt(AttrRange(t.Body, "write", t.DeclRange), "Invalid write policy",

@@ -127,7 +127,10 @@ type Tier struct {
 	// request completes them).
 	Write *string `hcl:"write,optional"`
 	// Sync makes every write durable before it returns (fsync).
-	Sync      *bool     `hcl:"sync,optional"`
+	Sync *bool `hcl:"sync,optional"`
+	// MinFree is the free space the ssd tier leaves on its disk (a size,
+	// or "0": no check); unset, storage.SSDOptions.MinFree's default.
+	MinFree   *string   `hcl:"min_free,optional"`
 	Body      hcl.Body  `hcl:",body"`
 	DeclRange hcl.Range `hcl:",def_range"`
 }

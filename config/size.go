@@ -29,6 +29,16 @@ func ParseSize(s string) (int64, error) {
 	return int64(n), nil
 }
 
+// ParseMinFree parses the ssd tier's min_free: a size as ParseSize takes,
+// or "0", which it returns as -1: no free-space check (the meaning of a
+// negative storage.SSDOptions.MinFree).
+func ParseMinFree(s string) (int64, error) {
+	if strings.TrimSpace(s) == "0" {
+		return -1, nil
+	}
+	return ParseSize(s)
+}
+
 // Unlimited is what ParseCapacity returns for "unlimited".
 const Unlimited int64 = -1
 

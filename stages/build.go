@@ -71,6 +71,7 @@ type SSDPlan struct {
 	Capacity int64
 	Write    storage.WritePolicy
 	Sync     bool
+	MinFree  int64 // storage.SSDOptions.MinFree: 0 its default, < 0 no check
 }
 
 // DefaultPrefetchWorkers is the number of concurrent loads from the ssd tier
@@ -345,6 +346,9 @@ func (p *Plan) cache(c *config.Cache) hcl.Diagnostics {
 			}
 			if t.Sync != nil {
 				ssd.Sync = *t.Sync
+			}
+			if t.MinFree != nil {
+				ssd.MinFree, _ = config.ParseMinFree(*t.MinFree) // checked by config
 			}
 			if err := checkWritableDir(ssd.Path); err != nil {
 				return hcl.Diagnostics{config.ErrorAt(config.AttrRange(t.Body, "path", t.DeclRange), "Unwritable path", err.Error()+".")}

@@ -70,7 +70,7 @@ func (p *Plan) Run(ctx context.Context, o RunOptions) (*Report, error) {
 	} else if p.SSD != nil {
 		t0 := time.Now()
 		ssd, err = storage.OpenSSDTier(storage.SSDOptions{Dir: p.SSD.Path, Capacity: p.SSD.Capacity, Sync: p.SSD.Sync,
-			Namespace: p.Namespace(), Log: log.Named("ssd")})
+			MinFree: p.SSD.MinFree, Namespace: p.Namespace(), Log: log.Named("ssd")})
 		if err != nil {
 			return nil, fmt.Errorf("ssd tier: %w", err)
 		}

@@ -185,6 +185,13 @@ func TestBuildSSDDiagnostics(t *testing.T) {
     capacity = "1MiB"
     write = "write_around"`), "Invalid write policy", 29, 13},
 		{"missing path", ssd(`    capacity = "1MiB"`), "Missing path", 26, 3},
+		{"bad min_free", ssd(`    path = "` + t.TempDir() + `"
+    capacity = "1MiB"
+    min_free = "plenty"`), "Invalid min_free", 29, 16},
+		{"min_free on host", strings.Replace(tiny, `tier "host" { capacity = "64MiB" }`, `tier "host" {
+    capacity = "64MiB"
+    min_free = "1GiB"
+  }`, 1), "Unsupported argument", 27, 16},
 		{"path on host", strings.Replace(tiny, `tier "host" { capacity = "64MiB" }`, `tier "host" {
     capacity = "64MiB"
     sync = true
@@ -207,5 +214,28 @@ func TestBuildSSDDiagnostics(t *testing.T) {
 			}
 			t.Fatalf("no %q diagnostic in %v", c.summary, diags)
 		})
+	}
+}
+
+// min_free reaches the ssd tier's options: unset the storage default (0),
+// "0" no check (-1), a size itself.
+func TestBuildSSDMinFree(t *testing.T) {
+	for _, c := range []struct {
+		attr string
+		want int64
+	}{{"", 0}, {`min_free = "0"`, -1}, {`min_free = "2GiB"`, 2 << 30}} {
+		src := strings.Replace(tiny, `tier "host" { capacity = "64MiB" }`, `tier "host" { capacity = "64MiB" }
+  tier "ssd" {
+    path = "`+t.TempDir()+`"
+    capacity = "1MiB"
+    `+c.attr+`
+  }`, 1)
+		p, diags := plan(t, src, nil)
+		if diags.HasErrors() {
+			t.Fatalf("%q: %v", c.attr, diags)
+		}
+		if p.SSD == nil || p.SSD.MinFree != c.want {
+			t.Errorf("%q: ssd plan %+v, want MinFree %d", c.attr, p.SSD, c.want)
+		}
 	}
 }
