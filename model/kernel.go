@@ -543,9 +543,9 @@ func (p *plan) run(n, phase int) {
 		p.close()
 		if p.timed { // every worker is out: the phase is over
 			over := int64(time.Since(p.t0))
-			n := p.joined.Load()
-			p.k.workNs.Add(n*over - p.began.Load())
-			p.k.idleNs.Add(n*over - p.end.Load())
+			workers := p.joined.Load()
+			p.k.workNs.Add(workers*over - p.began.Load())
+			p.k.idleNs.Add(workers*over - p.end.Load())
 			p.timed = false
 		}
 	}()

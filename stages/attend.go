@@ -28,8 +28,8 @@ type AttendSettings struct {
 	Threads *int `hcl:"threads,optional"`
 	// Linger is how long the kernel's helper goroutines (threads > 1) wait,
 	// spinning, for the next step's call before they exit: a Go duration
-	// ("500us", "2ms"); "0s" makes them exit after each call, and unset is
-	// model.DefaultLinger. Steps in quick succession find lingering helpers
+	// up to 1s ("500us", "2ms"); "0s" makes them exit after each call, and
+	// unset is model.DefaultLinger. Steps in quick succession find lingering helpers
 	// running; one started afresh begins tens of µs later.
 	Linger string `hcl:"linger,optional"`
 
