@@ -81,10 +81,11 @@ func BenchmarkDecodePageWarm(b *testing.B) {
 // BenchmarkDecodePageCalls times the page routine alone, one call per op
 // (64 tokens, 4 query heads, d 128, bf16), for keys in rows and in tiles
 // (the layout of such pages since KeyTileFor): l1 over one page again and
-// again; memory over 512 MiB of pages laid out as a pipeline's (8 KV heads
-// per page, keys and values in pages of their own), every core walking its
-// own half page by page and head by head, as decode items do, with the
-// prefetch hints the kernel gives. Under perf stat -e cycles:u, its cycle
+// again; l1_all the same on every core, each its own page; memory over 512
+// MiB of pages laid out as a pipeline's (8 KV heads per page, keys and
+// values in pages of their own), every core walking its own half page by
+// page and head by head, as decode items do, with the prefetch hints the
+// kernel gives. Under perf stat -e cycles:u, its cycle
 // count less that of a run of 1 op is the cycles per call.
 func BenchmarkDecodePageCalls(b *testing.B) {
 	if vecKernels == nil {
@@ -112,6 +113,22 @@ func BenchmarkDecodePageCalls(b *testing.B) {
 			for b.Loop() {
 				decodePageAVX2(qp, k, v, 4, n, d, tile, s, m, l, acc, v, k)
 			}
+		})
+		// l1_all: every core its own page in L1, the rate the cores'
+		// arithmetic allows with no memory traffic at all; the ceiling
+		// memory's rate is measured against.
+		b.Run(layout.name+"/l1_all", func(b *testing.B) {
+			var next atomic.Int64
+			b.SetBytes(2 * page)
+			b.RunParallel(func(pb *testing.PB) {
+				r := rand.New(rand.NewPCG(uint64(next.Add(1)), 9))
+				k, _ := randBF16(r, n*d)
+				v, _ := randBF16(r, n*d)
+				qp, s, m, l, acc := newState(r)
+				for pb.Next() {
+					decodePageAVX2(qp, k, v, 4, n, d, tile, s, m, l, acc, v, k)
+				}
+			})
 		})
 		b.Run(layout.name+"/memory", func(b *testing.B) {
 			visit := pageSlab(r, heads, page, runtime.GOMAXPROCS(0))
