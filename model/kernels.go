@@ -76,9 +76,6 @@ type kernels struct {
 	// exists.
 	decodeQ    func(qp, q []float32, nh, d, tile int, scale float32) bool
 	decodePage func(qp []float32, k, v []byte, nh, n, d, tile int, s, m, l, acc []float32, pfA, pfB []byte)
-	// prefetch asks for b to be brought into the caches ahead of use; a
-	// hint, a no-op where there is no instruction for it.
-	prefetch func(b []byte)
 	// axpy sets y[i] += a*x[i], len(x) >= len(y): the merge of a decode
 	// token's partial results.
 	axpy func(a float32, x, y []float32)
@@ -97,7 +94,6 @@ var goKernels = &kernels{
 	accumF32:    accumF32Go,
 	expSum:      expSumGo,
 	maxF32:      maxF32Go,
-	prefetch:    func([]byte) {},
 	axpy:        axpy,
 	linear:      linearGo,
 }

@@ -24,7 +24,6 @@ func newAVX2Kernels(ok bool) *kernels {
 		accumF32:    accumF32AVX2,
 		expSum:      expSumAVX2Slice,
 		maxF32:      maxF32Slice,
-		prefetch:    prefetchSlice,
 		decodeQ:     decodeQAVX2,
 		decodePage:  decodePageAVX2,
 		axpy:        axpySlice,
@@ -172,12 +171,6 @@ func alignedQ(qp []float32) []float32 {
 
 func maxF32Slice(x []float32) float32 {
 	return maxF32AVX2(&x[0], len(x))
-}
-
-func prefetchSlice(b []byte) {
-	if len(b) > 0 {
-		prefetchT0(&b[0], len(b))
-	}
 }
 
 // The wrappers below check once per call that the slices hold every
@@ -505,11 +498,6 @@ func axpyAVX2(y *float32, x *float32, n int, a float32)
 //
 //go:noescape
 func fmaPeakAVX2(n int)
-
-// prefetchT0 issues PREFETCHT0 for every 64-byte line of the n bytes at p.
-//
-//go:noescape
-func prefetchT0(p *byte, n int)
 
 // maxF32AVX2 returns the largest of x[:n]; n > 0.
 //

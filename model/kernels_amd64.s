@@ -3660,23 +3660,6 @@ axpyDone:
 	VZEROUPPER
 	RET
 
-// func prefetchT0(p *byte, n int)
-// Requires: MMX+
-TEXT ·prefetchT0(SB), NOSPLIT, $0-16
-	MOVQ p+0(FP), AX
-	MOVQ n+8(FP), CX
-
-line:
-	CMPQ       CX, $0x00
-	JLE        done
-	PREFETCHT0 (AX)
-	ADDQ       $0x40, AX
-	SUBQ       $0x40, CX
-	JMP        line
-
-done:
-	RET
-
 // func maxF32AVX2(x *float32, n int) float32
 // Requires: AVX
 TEXT ·maxF32AVX2(SB), NOSPLIT, $0-20

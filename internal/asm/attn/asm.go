@@ -123,7 +123,6 @@ func main() {
 	decodePage(consts, true)
 	toPairs()
 	axpy()
-	prefetch()
 	maxF32()
 	for _, b := range [][2]int{{3, 4}, {3, 3}, {3, 2}, {3, 1}, {8, 1}, {1, 1}} {
 		linearBlock(b[0], b[1])
@@ -279,27 +278,6 @@ func fmaPeak() {
 	VADDPS(acc[0], a, a)
 	Label("none")
 	VZEROUPPER()
-	RET()
-}
-
-// prefetch generates prefetchT0, which asks for a range of memory to be
-// brought into the caches: the page kernels read a K or V page row by row
-// (accum in several passes over its columns), and a page's lines requested
-// before its kernel starts arrive while the other half of the page is
-// being computed.
-func prefetch() {
-	TEXT("prefetchT0", NOSPLIT, "func(p *byte, n int)")
-	Doc("prefetchT0 issues PREFETCHT0 for every 64-byte line of the n bytes at p.")
-	p := Load(Param("p"), GP64())
-	n := Load(Param("n"), GP64())
-	Label("line")
-	CMPQ(n, Imm(0))
-	JLE(LabelRef("done"))
-	PREFETCHT0(Mem{Base: p})
-	ADDQ(Imm(64), p)
-	SUBQ(Imm(64), n)
-	JMP(LabelRef("line"))
-	Label("done")
 	RET()
 }
 
