@@ -85,8 +85,8 @@ func BenchmarkDecodePageWarm(b *testing.B) {
 // MiB of pages laid out as a pipeline's (8 KV heads per page, keys and
 // values in pages of their own), every core walking its own half page by
 // page and head by head, as decode items do, with the prefetch hints the
-// kernel gives. Under perf stat -e cycles:u, its cycle
-// count less that of a run of 1 op is the cycles per call.
+// kernel gives. Under perf stat -e cycles:u, its cycle count less that of
+// a run of 1 op is the cycles per call.
 func BenchmarkDecodePageCalls(b *testing.B) {
 	if vecKernels == nil {
 		b.Skip("no AVX2+FMA on this CPU")

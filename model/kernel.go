@@ -628,8 +628,8 @@ func (p *plan) runItem(it *item, s *kscratch) {
 	// reads it. Updating the slots in place made the workers write each
 	// other's cache lines at every page: neighbouring runs, which they
 	// take at the same time, have neighbouring slots, 16 bytes of max and
-	// of denominator each (about 5% of a page's time from L1, measured
-	// with the page routine on two cores).
+	// of denominator each. That cost one sequence's decode about 9% of
+	// its rate with the memory quiet (benchmarks/README.md).
 	s.acc = resize(s.acc, heads*rows*d)
 	s.m = resize(s.m, heads*rows)
 	s.l = resize(s.l, heads*rows)
