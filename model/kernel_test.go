@@ -8,6 +8,7 @@ import (
 	"slices"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 // runSeed returns a fresh seed for this run, logged so a failure can be
@@ -596,6 +597,65 @@ func TestDecodePlanSplitsByPages(t *testing.T) {
 				if n != 1 {
 					t.Fatalf("query %d head %d: page %d read by %d items, want 1", qi, hi, j, n)
 				}
+			}
+		}
+	}
+}
+
+// TestDecodePlanUpcoming checks what a worker's last page asks for
+// next: the first keys of the item the next claim would take, for decode
+// items (the first head's first page of the item's run), and nothing past
+// the last item or in other phases. It also checks that a split query's
+// items share its q, prepared once in the plan as decodeQ prepares it.
+func TestDecodePlanUpcoming(t *testing.T) {
+	rng := rand.New(rand.NewPCG(runSeed(t), 10))
+	long := attendCase{"long", 8, 2, 128, BF16, 16, 1000, 1}
+	q, cfg := kernelInput(t, long, rng)
+	k, err := NewKernel(cfg, Options{Workers: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &plan{k: k, qs: []Query{q}}
+	p.build()
+	if len(p.items) < 2 {
+		t.Fatalf("%d items, want the context split", len(p.items))
+	}
+	p.phase = phaseItems
+	bt, d := q.KV.BlockTokens, cfg.HeadDim
+	for j := range p.items {
+		p.next.Store(int64(j))
+		got := p.upcoming()
+		pg, _ := p.span(&p.items[j], 0)
+		if want := q.KV.K[pg][:bt*d*2]; len(got) != len(want) || &got[0] != &want[0] {
+			t.Errorf("next claim %d: upcoming gives %d bytes at %p, want head 0 of page %d (%p)", j, len(got), unsafe.SliceData(got), pg, &want[0])
+		}
+	}
+	p.next.Store(int64(len(p.items)))
+	if got := p.upcoming(); got != nil {
+		t.Errorf("past the last item upcoming gives %d bytes, want none", len(got))
+	}
+	p.next.Store(0)
+	p.phase = phaseMerge
+	if got := p.upcoming(); got != nil {
+		t.Errorf("in the merge phase upcoming gives %d bytes, want none", len(got))
+	}
+	if k.pairQ {
+		ql := decodeQLen(k.group)
+		for _, it := range p.items {
+			if it.qp != p.items[0].qp || it.qp < 0 {
+				t.Fatalf("split item %+v does not share the query's q (at %d)", it, p.items[0].qp)
+			}
+		}
+		for g := range cfg.NumKVHeads {
+			got := p.qp[p.items[0].qp+g*ql:][:ql]
+			// decodeQ lays q out from the first 64-byte boundary: want
+			// has got's offset from one.
+			buf := make([]float32, ql+16)
+			off := int((uintptr(unsafe.Pointer(&got[0])) - uintptr(unsafe.Pointer(&buf[0]))) % 64 / 4)
+			want := buf[off : off+ql]
+			k.loops.decodeQ(want, q.Q[g*k.group*d:(g+1)*k.group*d], k.group, d, q.KV.KeyTileTokens(), k.scale)
+			if !slices.Equal(got, want) {
+				t.Fatalf("head %d: the shared q differs from decodeQ's", g)
 			}
 		}
 	}
