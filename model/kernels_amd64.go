@@ -115,10 +115,10 @@ func decodeQAVX2(qp, q []float32, nh, d, tile int, scale float32) bool {
 			toPairsAVX2(&qa[(h+1)*pairSlot-d], &q[h*d], d, scale)
 			continue
 		}
-		dst, src := qa[h*pairSlot:h*pairSlot+d], q[h*d:h*d+d]
-		for c := range dst {
-			dst[c] = scale * src[c]
-		}
+		// scale*src with one rounding, as a multiply: 0 + scale*src.
+		dst := qa[h*pairSlot : h*pairSlot+d]
+		clear(dst)
+		axpyAVX2(&dst[0], &q[h*d], d, scale)
 	}
 	return true
 }
