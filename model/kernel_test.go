@@ -661,6 +661,48 @@ func TestDecodePlanUpcoming(t *testing.T) {
 	}
 }
 
+// TestDecodeSplitDeterministic: a decode token split among workers gives
+// the same floats call after call, whichever worker takes which run (the
+// partial results are merged in run order), and matches the one-worker
+// result closely. Summing each worker's runs as it goes, in the order it
+// took them, fails it.
+func TestDecodeSplitDeterministic(t *testing.T) {
+	rng := rand.New(rand.NewPCG(runSeed(t), 11))
+	c := attendCase{"long", 16, 4, 64, BF16, 16, 3000, 1}
+	q, cfg := kernelInput(t, c, rng)
+	one, err := NewKernel(cfg, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := one.Attend(q); err != nil {
+		t.Fatal(err)
+	}
+	ref := slices.Clone(q.Out)
+	for _, workers := range []int{2, 3} {
+		k, err := NewKernel(cfg, Options{Workers: workers})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var first []float32
+		for call := range 40 {
+			clear(q.Out)
+			if err := k.Attend(q); err != nil {
+				t.Fatal(err)
+			}
+			if first == nil {
+				first = slices.Clone(q.Out)
+				if e := relErr32(first, ref); e > 1e-5 {
+					t.Fatalf("%d workers: relative error %.3g against one worker, want <= 1e-5", workers, e)
+				}
+				continue
+			}
+			if !slices.Equal(q.Out, first) {
+				t.Fatalf("%d workers, call %d: output differs from the first call's (rel err %.3g)", workers, call, relErr32(q.Out, first))
+			}
+		}
+	}
+}
+
 // TestKernelStatsWork checks the accounting of the workers' time: nothing
 // for calls one worker runs; for calls split among workers, a positive
 // WorkNs no larger than the workers times the calls' wall time, and an
