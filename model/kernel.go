@@ -485,8 +485,9 @@ func (p *plan) build() {
 			continue
 		}
 		// The items of a split query share its q, prepared here once
-		// rather than by each of them: for one sequence over 8K, 11 items
-		// each preparing 8 heads took about 2% of the call.
+		// rather than by each of them: for one sequence over 8K, 13 items
+		// each preparing 8 heads took about 2% of the page routine's
+		// cycles (perf).
 		qp := -1
 		if p.pairs(qi) {
 			qp = len(p.qp)
@@ -769,8 +770,8 @@ func (p *plan) prepareQ(qp, q []float32, heads, tile int) {
 
 // upcoming returns the keys a worker's next item would read first, if
 // the next claim takes a decode item, for its last page to ask for while it
-// is computed: a split item's first page otherwise comes from memory cold,
-// with the core waiting. Another worker may claim that item first; then
+// is computed: an item's first page otherwise comes from memory cold, with
+// the core waiting. Another worker may claim that item first; then
 // 16 KiB were read into this core's caches for nothing.
 func (p *plan) upcoming() []byte {
 	j := int(p.next.Load())
