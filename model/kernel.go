@@ -442,9 +442,15 @@ func (p *plan) build() {
 	}
 	// Decode items come after the prefill tiles, each taking every KV head
 	// of its query over a run of its pages (see runItem), longest contexts
-	// first. A run is about the decode pages left over twice the workers
-	// (guided scheduling), at least minChunkPages: the first items are
-	// large, the last small enough that the workers finish together.
+	// first. A run is about the decode pages left over the workers plus
+	// one (guided scheduling), at least minChunkPages: the first items are
+	// large, the last small enough that the workers finish together. Each
+	// run costs its copy to the partial slots and a slot per KV head to
+	// merge: over twice the workers, one sequence over 8K took 13 runs on
+	// two workers, and with 10 it read a median 3% more (2% over 32K;
+	// benchmarks/README.md); over the workers alone (7 runs) its first
+	// run was half its pages, and at 32K the other worker then often
+	// waited for it.
 	slices.SortStableFunc(p.decode, func(a, b int) int {
 		_, ma := p.decodePages(a)
 		_, mb := p.decodePages(b)
@@ -470,7 +476,7 @@ func (p *plan) build() {
 		for off := 0; off < most; {
 			run := most - off
 			if workers > 1 {
-				run = min(run, max(minChunkPages, (left+2*workers-1)/(2*workers)))
+				run = min(run, max(minChunkPages, (left+workers)/(workers+1)))
 				if most-off-run < minChunkPages {
 					run = most - off // no piece shorter than minChunkPages
 				}
