@@ -446,11 +446,11 @@ func (p *plan) build() {
 	// one (guided scheduling), at least minChunkPages: the first items are
 	// large, the last small enough that the workers finish together. Each
 	// run costs its copy to the partial slots and a slot per KV head to
-	// merge: over twice the workers, one sequence over 8K took 13 runs on
-	// two workers, and with 10 it read a median 3% more (2% over 32K;
-	// benchmarks/README.md); over the workers alone (7 runs) its first
-	// run was half its pages, and at 32K the other worker then often
-	// waited for it.
+	// merge: over twice the workers, one sequence over 32K took 18 runs on
+	// two workers, and with 13 it read 2-3% more (over 8K, 13 runs or 10,
+	// no change shown; benchmarks/README.md); over the workers alone its
+	// first run was half its pages, and at 32K the other worker then
+	// often waited for it.
 	slices.SortStableFunc(p.decode, func(a, b int) int {
 		_, ma := p.decodePages(a)
 		_, mb := p.decodePages(b)
