@@ -712,6 +712,16 @@ func (p *plan) runItem(it *item, s *kscratch) {
 			}
 		}
 	}
+	// A block of 4 query heads (the 8B shape's GQA) goes straight to the
+	// page routine, decodePage's checks made here once for the item's
+	// pages: its states are 4 rows (rows*d and rows floats a head, as
+	// sized above) and s.s holds 4*bt scores.
+	var page4 func(qp *float32, k, v *byte, n, d int, s, m, l, acc *float32, pfA, pfB *byte)
+	if ql > 0 && rows == 4 && k.loops.decodePage4 != nil && decodeShape(rows, d) &&
+		len(s.s) >= 4*bt && headBytes >= keyBytes(bt, d, 2, tile) {
+		page4 = k.loops.decodePage4(tile)
+	}
+	fullKeys := keyBytes(bt, d, 2, tile)
 	for i, v := range s.seq {
 		// The next keys this item reads are asked for while this page
 		// is computed.
@@ -723,6 +733,20 @@ func (p *plan) runItem(it *item, s *kscratch) {
 		}
 		st := &s.states[v.hi]
 		count := min(bt, last+1-v.pg*bt)
+		if page4 != nil {
+			kn := fullKeys // whole tiles of keys; the values ask for as many bytes
+			if count < bt {
+				kn = keyBytes(count, d, 2, tile)
+			}
+			pfB := &v.k[0] // when there is no next page: this one's keys again
+			if len(next) >= 2*count*d {
+				pfB = &next[0]
+			}
+			_, _ = v.k[kn-1], v.v[max(kn, 2*count*d)-1]
+			qa := alignedQ(st.qp)[:4*pairSlot]
+			page4(&qa[0], &v.k[0], &v.v[0], count, d, &s.s[0], &st.m[0], &st.l[0], &st.acc[0], &v.v[0], pfB)
+			continue
+		}
 		if st.qp != nil {
 			// A decode token sees every key of the page: one call. Its
 			// keys are whole tiles.

@@ -76,6 +76,15 @@ type kernels struct {
 	// exists.
 	decodeQ    func(qp, q []float32, nh, d, tile int, scale float32) bool
 	decodePage func(qp []float32, k, v []byte, nh, n, d, tile int, s, m, l, acc []float32, pfA, pfB []byte)
+	// decodePage4, where set, returns decodePage's routine for one block
+	// of 4 query heads over keys in tiles of tile tokens (nil for a tile
+	// it does not take), for a caller that makes decodePage's checks once
+	// for many pages: qp from its first 64-byte boundary (alignedQ), k
+	// holding keyBytes(n, d, 2, tile) bytes, s 4*n' floats, m and l 4,
+	// acc 4*d, pfA and pfB as many bytes as decodePage asks for. A decode
+	// item makes hundreds of page calls, and their checks, divisions and
+	// call through decodePage cost about 3% of the routine's cycles.
+	decodePage4 func(tile int) func(qp *float32, k, v *byte, n, d int, s, m, l, acc *float32, pfA, pfB *byte)
 	// axpy sets y[i] += a*x[i], len(x) >= len(y): the merge of a decode
 	// token's partial results.
 	axpy func(a float32, x, y []float32)

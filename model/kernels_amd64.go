@@ -26,6 +26,7 @@ func newAVX2Kernels(ok bool) *kernels {
 		maxF32:      maxF32Slice,
 		decodeQ:     decodeQAVX2,
 		decodePage:  decodePageAVX2,
+		decodePage4: decodePage4AVX2,
 		axpy:        axpySlice,
 		linear:      linearAVX2,
 	}
@@ -160,6 +161,18 @@ func decodePageAVX2(qp []float32, k, v []byte, nh, n, d, tile int, s, m, l, acc 
 		page(&qa[h*pairSlot], &k[0], &v[0], n, d, &s[0], &m[h], &l[h], &acc[h*d], pa, pb)
 		pa, pb = &k[0], &k[0]
 	}
+}
+
+// decodePage4AVX2 returns the page routine of the keys' layout for one
+// block of 4 heads, unchecked (see kernels.decodePage4).
+func decodePage4AVX2(tile int) func(qp *float32, k, v *byte, n, d int, s, m, l, acc *float32, pfA, pfB *byte) {
+	switch tile {
+	case 1:
+		return decodePageBF16H4
+	case KeyTile:
+		return decodePageTiledBF16H4
+	}
+	return nil
 }
 
 // alignedQ returns qp from its first 64-byte boundary, so that no 32-byte
