@@ -118,14 +118,17 @@ func BenchmarkDecode(b *testing.B) {
 		for _, batch := range []int{1, 8} {
 			pages := (ctx + decodeBlock - 1) / decodeBlock
 			pageBytes := int64(2 * decodeShape.NumKVHeads * decodeBlock * decodeShape.HeadDim * 2) // K and V, all KV heads
-			// Copies of the input in memory of their own, used in turn, so
-			// that no call finds the K/V of the one before in the last-level
-			// cache: in the pipeline the other layers' pages come between.
-			copies := int(max(1, (decodeCold+int64(batch*pages)*pageBytes-1)/(int64(batch*pages)*pageBytes)))
+			// Copies of the input in memory of their own, used in turn: in
+			// the pipeline the other layers' pages come between two calls
+			// of one layer (see decodeLayers).
+			copies := decodeCopies(int64(batch*pages) * pageBytes)
 			var sets [][]model.Query
 			input := func(b *testing.B) [][]model.Query {
+				if len(sets) == 0 {
+					sets = append(sets, decodeInput(b, ctx, batch))
+				}
 				for len(sets) < copies {
-					sets = append(sets, decodeInput(b, ctx, batch)) // the same contents
+					sets = append(sets, cloneInput(b, sets[0]))
 				}
 				return sets
 			}
@@ -214,9 +217,55 @@ func BenchmarkDecode(b *testing.B) {
 	}
 }
 
-// decodeCold is the least K/V BenchmarkDecode cycles through: four times
-// the last-level cache of the machine the numbers were taken on (32 MiB).
-const decodeCold = 128 << 20
+// decodeLayers and decodeCycleMax size the K/V BenchmarkDecode cycles
+// through: in the pipeline a layer's pages are read again only after the
+// other layers' (Qwen3-VL-8B has 36), so the calls cycle through the
+// layers' worth of copies of their input, up to decodeCycleMax bytes.
+// The cycle's length moves the rate by a few percent either way, far
+// beyond any cache: 8 sequences over 8K read 3.4% faster through 8 copies
+// (2 GiB) than through the one the earlier 128 MiB floor gave, and one
+// sequence over 32K 1.9% slower through 16 copies than through 1
+// (benchmarks/README.md).
+const (
+	decodeLayers   = 36
+	decodeCycleMax = 2 << 30
+)
+
+// decodeCopies returns how many copies of an input of read bytes of K/V
+// BenchmarkDecode cycles through.
+func decodeCopies(read int64) int {
+	cycle := min(decodeLayers*read, max(read, decodeCycleMax))
+	return int((cycle + read - 1) / read)
+}
+
+// cloneInput returns qs over copies of their pages, each sequence's in an
+// arena of its own as decodeInput makes them: the same contents in other
+// memory.
+func cloneInput(b testing.TB, qs []model.Query) []model.Query {
+	b.Helper()
+	out := make([]model.Query, len(qs))
+	for i, q := range qs {
+		kv := *q.KV
+		kv.K, kv.V, kv.Summaries = nil, nil, nil
+		pb := int64(kv.PageBytes())
+		arena, err := storage.NewArena(storage.ArenaOptions{Size: 2 * int64(len(q.KV.K)) * pb, MinBlock: 4096})
+		if err != nil {
+			b.Fatal(err)
+		}
+		for p := range q.KV.K {
+			k, errK := arena.Alloc(pb)
+			v, errV := arena.Alloc(pb)
+			if errK != nil || errV != nil {
+				b.Fatal(errK, errV)
+			}
+			copy(k.Bytes, q.KV.K[p])
+			copy(v.Bytes, q.KV.V[p])
+			kv.K, kv.V = append(kv.K, k.Bytes), append(kv.V, v.Bytes)
+		}
+		out[i] = model.Query{Q: slices.Clone(q.Q), KV: &kv, Start: q.Start, Out: make([]float32, len(q.Out))}
+	}
+	return out
+}
 
 // decodeRound is the least kernel time of one round of BenchmarkDecode:
 // much longer than the kernel's Linger, so that only a round's first call
@@ -307,5 +356,34 @@ func BenchmarkStreamBusy(b *testing.B) {
 			b.ReportMetric(stream/bw, "stream_ratio")
 			b.ReportMetric(1-stream/cache, "mem_cost")
 		})
+	}
+}
+
+// TestCloneInput checks what BenchmarkDecode's copies rest on: a clone
+// attends to bit for bit what its original does, over pages of its own.
+func TestCloneInput(t *testing.T) {
+	qs := decodeInput(t, 300, 2)
+	cl := cloneInput(t, qs)
+	k, err := model.NewKernel(decodeShape, model.Options{Workers: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := k.Attend(qs...); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.Attend(cl...); err != nil {
+		t.Fatal(err)
+	}
+	for i := range qs {
+		if !slices.Equal(qs[i].Out, cl[i].Out) {
+			t.Fatalf("sequence %d: the clone's output differs", i)
+		}
+		for p := range qs[i].KV.K {
+			for _, pair := range [][2][]byte{{qs[i].KV.K[p], cl[i].KV.K[p]}, {qs[i].KV.V[p], cl[i].KV.V[p]}} {
+				if &pair[0][0] == &pair[1][0] {
+					t.Fatalf("sequence %d page %d: the clone shares the original's memory", i, p)
+				}
+			}
+		}
 	}
 }
