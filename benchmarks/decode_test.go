@@ -232,7 +232,7 @@ func BenchmarkDecode(b *testing.B) {
 // The cycle's length moves the rate by a few percent, far beyond any
 // cache, for a reason not found: 8 sequences over 8K read 3-5% faster
 // through 8 copies (2 GiB) than through the one the earlier 128 MiB floor
-// gave, in two series; the other shapes moved by 2-3% at most, the sign
+// gave, in two series; the other shapes moved by 2-4% at most, the sign
 // differing between the series (benchmarks/README.md).
 const (
 	decodeLayers   = 36
